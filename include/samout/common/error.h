@@ -1,0 +1,35 @@
+// Errors that a user can cause (bad flags, bad files, bad data) and how programs report them.
+//
+// The contract, for every program in src/bin/: a user's mistake becomes a UsageError whose message
+// names the offending value, `run_program` prints it as one line on stderr and the program exits
+// with code 2, having written nothing. Bugs in our own code stay glog CHECKs (they abort loudly).
+#pragma once
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace samout {
+
+// Exit codes shared by all programs.
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;    // an unexpected runtime failure (I/O error mid-run, peer died)
+constexpr int kExitUsage = 2;      // bad flags, files or data: nothing was done
+constexpr int kExitTempFail = 75;  // EX_TEMPFAIL: preempted, state saved, "resume me"
+
+class UsageError : public std::runtime_error {
+ public:
+  explicit UsageError(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Throws UsageError(message) when `cond` is false. For validating user input only.
+inline void require(bool cond, const std::string& message) {
+  if (!cond) throw UsageError(message);
+}
+
+// Runs `body` and maps exceptions to exit codes: UsageError (and c10::Error raised while validating
+// user input through require-style TORCH_CHECKs) -> one line on stderr, exit 2; anything else ->
+// one line, exit 1. `program` prefixes the message.
+int run_program(const char* program, const std::function<int()>& body);
+
+}  // namespace samout
