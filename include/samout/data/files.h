@@ -1,0 +1,19 @@
+// Expanding the file arguments of the data tools: each argument is a path or a shell glob.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace samout::data {
+
+// Expands one glob (or plain path) into the sorted list of existing regular files it names.
+// Throws UsageError naming the pattern when nothing matches: a silent empty corpus is a bug.
+std::vector<std::string> expand_glob(const std::string& pattern);
+
+// Expands every pattern in order, concatenating the results (each pattern's matches sorted).
+std::vector<std::string> expand_globs(const std::vector<std::string>& patterns);
+
+// Splits "a,b,,c" into {"a","b","c"}: the comma-separated list form of a flag.
+std::vector<std::string> split_list(const std::string& list, char sep = ',');
+
+}  // namespace samout::data

@@ -1,0 +1,68 @@
+// The training data loader: shuffled windows of T+1 tokens, sharded over ranks, read ahead.
+//
+// Order. Epoch e shuffles the corpus's M windows with a keyed bijection P_e of [0, M) (a Feistel
+// permutation keyed by (seed, e); see permutation.h), so the shuffle needs O(1) memory. Global
+// step k of epoch e is the G windows P_e(k*G) .. P_e(k*G + G-1), whatever the world size, and rank
+// r of W takes rows [r*G/W, (r+1)*G/W) of it. An epoch has floor(M/G) steps; the M mod G windows
+// left over differ from epoch to epoch. So a run's global batches are identical at every W, and
+// the cursor (epoch, step) is the loader's whole resume state.
+//
+// Prefetch. With prefetch > 0 a background thread reads up to `prefetch` batches ahead, so next()
+// only waits on disk when reading is slower than training. Errors met there (e.g. a corrupt token)
+// are rethrown by the next() that would have returned that batch.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace samout::data {
+
+struct LoaderConfig {
+  std::string spec;          // glob of HDF5 shards, or "random:SEED"
+  int64_t seq_len = 0;       // T; windows hold T+1 tokens
+  int64_t global_batch = 0;  // G, sequences per global step, same at every world size
+  int rank = 0, world = 1;   // this rank takes rows [rank*G/W, (rank+1)*G/W) of each global batch
+  uint64_t seed = 0;         // shuffle key
+  int prefetch = 4;          // batches read ahead by the background thread (0 = synchronous)
+  int64_t vocab_size = 0;    // required for random:, checked against the corpus otherwise (0 = take corpus's)
+  // Corpora of at most this many tokens are scanned in full at open() for ids >= vocab_size (a
+  // 1 GiB scan costs about a second); larger ones are checked window by window as they are read.
+  int64_t verify_tokens_max = int64_t{1} << 29;
+};
+
+struct Cursor {  // step within epoch of the NEXT batch
+  int64_t epoch = 0;
+  int64_t step = 0;
+  bool operator==(const Cursor& o) const { return epoch == o.epoch && step == o.step; }
+};
+
+struct Batch {
+  std::vector<int32_t> tokens;  // [rows, seq_len+1] row-major, this rank's slice
+  int64_t rows = 0, cols = 0;
+  Cursor cursor;                // where this batch came from
+  std::vector<int64_t> windows; // [rows] the window index of each row (for tests and debugging)
+};
+
+class Loader {
+ public:
+  static std::unique_ptr<Loader> open(const LoaderConfig& cfg);  // throws samout::UsageError on bad input
+  virtual ~Loader();
+  Batch next();                       // this rank's slice of the next global batch; epochs roll over
+  Cursor cursor() const;              // cursor of the next batch to be returned
+  void seek(const Cursor& c);         // resume: next() returns the batch at c
+  int64_t vocab_size() const; int64_t pad_id() const; int64_t bos_id() const; int64_t eos_id() const;
+  int64_t windows_per_epoch() const;  int64_t steps_per_epoch() const;  // floor(windows / G)
+  const std::string& tokenizer_model() const;  // serialized SentencePiece model ("" for random:)
+
+  // The window that row j (in [0, G)) of global step `c` reads: P_epoch(step*G + j).
+  int64_t window_at(const Cursor& c, int64_t j) const;
+
+ private:
+  struct Impl;
+  explicit Loader(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace samout::data

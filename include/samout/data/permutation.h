@@ -1,0 +1,41 @@
+// A keyed bijection of [0, n): the loader's shuffle, in O(1) memory whatever n is.
+//
+// Why not a stored permutation: a 1e11-token corpus has ~1e8 windows of 1024 tokens, and a stored
+// int64 permutation of them is 800 MB per rank, rebuilt each epoch. A Feistel network over the
+// smallest even-bit power of two >= n is a bijection of [0, 4^h) for any key; cycle-walking
+// (re-applying it until the value falls below n) restricts it to a bijection of [0, n), with at
+// most 4 expected rounds since 4^h < 4n.
+#pragma once
+
+#include <cstdint>
+
+namespace samout::data {
+
+// splitmix64's finaliser: a fast, well-mixed 64-bit hash, the source of every key and random
+// token in the data library (so results never depend on the platform's std:: distributions).
+inline uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+class FeistelPermutation {
+ public:
+  // A bijection of [0, n) chosen by `key`; n >= 1.
+  FeistelPermutation(uint64_t n, uint64_t key);
+  // The image of i, for i in [0, n).
+  uint64_t operator()(uint64_t i) const;
+  uint64_t size() const { return n_; }
+
+ private:
+  static constexpr int kRounds = 6;  // 4 suffice for a pseudorandom permutation; 6 for margin
+  uint64_t encrypt(uint64_t x) const;
+
+  uint64_t n_;
+  int half_bits_;      // each Feistel half holds this many bits; the domain is 2^(2*half_bits_)
+  uint64_t half_mask_;
+  uint64_t round_keys_[kRounds];
+};
+
+}  // namespace samout::data
