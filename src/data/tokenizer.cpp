@@ -33,6 +33,7 @@ std::string train_tokenizer(const std::vector<std::string>& lines,
   const std::unordered_map<std::string, std::string> args = {
       {"model_type", "bpe"},
       {"vocab_size", std::to_string(cfg.vocab_size)},
+      {"hard_vocab_limit", "false"},  // a small corpus gets a smaller vocab, not an error
       {"byte_fallback", "true"},
       // Exact round trips: no NFKC (it would fold full-width CJK punctuation), keep whitespace.
       {"normalization_rule_name", "identity"},

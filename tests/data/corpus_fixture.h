@@ -1,0 +1,51 @@
+// Helpers for the data tests: temp directories and small synthetic corpus files.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "samout/data/corpus_file.h"
+
+namespace samout::data::testing {
+
+// A fresh directory under the system temp dir, removed with the fixture.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::temp_directory_path() /
+           (std::string("samout_data_") + info->test_suite_name() + "_" + info->name() + "_" +
+            std::to_string(::getpid()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::filesystem::path dir_;
+};
+
+inline CorpusMeta test_meta(int64_t vocab, const std::string& model = "model-A") {
+  CorpusMeta m;
+  m.vocab_size = vocab;
+  m.unk_id = 0, m.bos_id = 1, m.eos_id = 2, m.pad_id = 3;
+  m.tokenizer_kind = "test";
+  m.tokenizer_model = model;
+  return m;
+}
+
+// Token i of the file is (base + i) % vocab, so a window's content tells where it came from.
+inline void write_corpus(const std::string& path, int64_t n, int64_t vocab, int64_t base = 0,
+                         const std::string& model = "model-A") {
+  ShardWriter w(path, test_meta(vocab, model), WriteOptions{/*chunk_tokens=*/64, 0});
+  std::vector<uint32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<uint32_t>((base + i) % vocab);
+  w.begin_doc();
+  w.append(ids.data(), n);
+  w.close();
+}
+
+}  // namespace samout::data::testing

@@ -1,0 +1,208 @@
+"""samout_prep end to end, as real processes: text/JSONL -> HDF5 -> tokens -> text.
+
+The HDF5 files are read back with h5py alone and decoded with SentencePiece's own `spm_decode`
+CLI using the model embedded in the file, so the corpus is shown to be self-describing. Every
+bad input must exit 2 with one line on stderr naming the file, and write nothing.
+The program's path comes from $SAMOUT_PREP (set by CTest).
+"""
+import glob
+import os
+import subprocess
+import tempfile
+import unittest
+
+import h5py
+import numpy as np
+
+PREP = os.environ.get("SAMOUT_PREP", "build-data/bin/samout_prep")
+
+POEMS = [
+    "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
+    "\x1b[32m《春晓》\x1b[m\n\x1b[33m作者：孟浩然\x1b[m\n春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。",
+]
+ENGLISH = [f"Fortune {i}: a  spaced\tline, with  tabs\n\n  and an indented second paragraph {i * 7}."
+           for i in range(60)]
+
+
+def strip_ansi(s):
+    import re
+    return re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", s)
+
+
+def run_prep(*args):
+    return subprocess.run([PREP, "--progress=0", *args], capture_output=True, text=True)
+
+
+def read_docs(paths, eos):
+    """Documents of a split, from h5py alone: the concatenated tokens cut after each eos."""
+    tokens = np.concatenate([h5py.File(p, "r")["tokens"][:] for p in paths])
+    ends = np.flatnonzero(tokens == eos)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [tokens[s:e] for s, e in zip(starts, ends)]
+
+
+def spm_decode(model_path, ids):
+    out = subprocess.run(["spm_decode", f"--model={model_path}", "--input_format=id"],
+                         input=" ".join(map(str, ids)) + "\n", capture_output=True, text=True,
+                         check=True).stdout
+    return out[:-1]  # spm_decode ends each decoded line with "\n"
+
+
+class PrepTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        os.makedirs(f"{self.dir}/in")
+        with open(f"{self.dir}/in/poems", "w") as f:
+            f.write("\n%\n".join(POEMS) + "\n%\n")
+        with open(f"{self.dir}/in/english.txt", "w") as f:
+            f.write("\n%\n".join(ENGLISH[:30]))
+        with open(f"{self.dir}/in/more.jsonl", "w") as f:
+            import json
+            for i, t in enumerate(ENGLISH[30:]):
+                f.write(json.dumps({"id": i, "body": t, "tags": ["x", {"y": None}]}) + "\n")
+        self.expected = sorted([strip_ansi(p) for p in POEMS] + ENGLISH)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def prep(self, out, *extra):
+        r = run_prep(f"--input={self.dir}/in/poems,{self.dir}/in/*.txt", f"{self.dir}/in/more.jsonl",
+                     f"--output={out}", "--vocab_size=400", "--jsonl_field=body",
+                     "--shard_tokens=700", "--val_fraction=0.2", *extra)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, "")
+        return r
+
+    def test_round_trip_and_format(self):
+        out = f"{self.dir}/out"
+        r = self.prep(out, "--threads=2")
+        self.assertIn("MB/s", r.stdout)  # plain progress lines in a log
+        train = sorted(glob.glob(f"{out}/train-*.h5"))
+        val = sorted(glob.glob(f"{out}/val-*.h5"))
+        self.assertGreater(len(train), 1)  # --shard_tokens=700 forces several shards
+        self.assertGreaterEqual(len(val), 1)
+        with open(f"{out}/tokenizer.model", "rb") as f:
+            model = f.read()
+        for p in train + val:
+            with h5py.File(p, "r") as f:
+                a = f.attrs
+                self.assertEqual(a["format"], "samout-tokens")
+                self.assertEqual(a["format_version"], 1)
+                self.assertEqual(a["vocab_size"], 400)
+                self.assertEqual((a["unk_id"], a["bos_id"], a["eos_id"], a["pad_id"]), (0, 1, 2, 3))
+                self.assertEqual(a["tokenizer_kind"], "sentencepiece")
+                tokens, offsets = f["tokens"], f["doc_offsets"][:]
+                self.assertEqual(tokens.dtype, np.uint16)
+                self.assertIsNotNone(tokens.chunks)
+                self.assertLessEqual(tokens.shape[0], 700)
+                self.assertEqual(a["num_tokens"], tokens.shape[0])
+                self.assertEqual(a["num_docs"] + 1, len(offsets))
+                self.assertEqual(offsets[0], 0)
+                self.assertEqual(offsets[-1], tokens.shape[0])
+                self.assertTrue(np.all(np.diff(offsets) > 0))
+                self.assertLess(int(tokens[:].max()), 400)
+                self.assertEqual(f["tokenizer"][:].tobytes(), model)
+        # Decode with the model embedded in a shard, by SentencePiece's CLI, no code of ours.
+        embedded = f"{self.dir}/embedded.model"
+        with open(embedded, "wb") as f:
+            f.write(h5py.File(train[0], "r")["tokenizer"][:].tobytes())
+        train_docs = read_docs(train, eos=2)
+        val_docs = read_docs(val, eos=2)
+        self.assertGreater(len(val_docs), 0)
+        decoded = sorted(spm_decode(embedded, d) for d in train_docs + val_docs)
+        self.assertEqual(decoded, self.expected)
+
+    def test_reused_tokenizer_and_thread_count_give_identical_tokens(self):
+        self.prep(f"{self.dir}/a", "--threads=1")
+        self.prep(f"{self.dir}/b", "--threads=3", f"--tokenizer={self.dir}/a/tokenizer.model")
+        names = sorted(os.listdir(f"{self.dir}/a"))
+        self.assertEqual(names, sorted(os.listdir(f"{self.dir}/b")))
+        for n in names:
+            if n.endswith(".h5"):
+                with h5py.File(f"{self.dir}/a/{n}") as fa, h5py.File(f"{self.dir}/b/{n}") as fb:
+                    np.testing.assert_array_equal(fa["tokens"][:], fb["tokens"][:])
+
+    def test_rerun_replaces_stale_shards(self):
+        out = f"{self.dir}/out"
+        self.prep(out)
+        before = len(glob.glob(f"{out}/train-*.h5"))
+        r = run_prep(f"--input={self.dir}/in/poems", f"--output={out}", "--vocab_size=400",
+                     "--val_fraction=0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertGreater(before, 1)
+        self.assertEqual(sorted(os.listdir(out)), ["tokenizer.model", "train-00000.h5"])
+
+
+class PrepBadInputTest(unittest.TestCase):
+    """Each case: exit 2, exactly one stderr line naming the file and problem, nothing written."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        with open(f"{self.dir}/good.txt", "w") as f:
+            f.write("\n%\n".join(ENGLISH))
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def assert_bad(self, args, *fragments):
+        out = f"{self.dir}/out"
+        r = run_prep(*args, f"--output={out}", "--vocab_size=300")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith("samout_prep: error: "), lines[0])
+        for frag in fragments:
+            self.assertIn(frag, lines[0])
+        # Nothing written: no output directory and no temporary directory beside it.
+        self.assertEqual(sorted(os.listdir(self.dir)),
+                         sorted(n for n in os.listdir(self.dir) if not n.startswith("out")))
+        return lines[0]
+
+    def test_missing_file(self):
+        self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/absent.txt"],
+                        f"{self.dir}/absent.txt: no such file")
+
+    def test_glob_matching_nothing(self):
+        self.assert_bad([f"--input={self.dir}/*.jsonl"], f"{self.dir}/*.jsonl: glob matches no file")
+
+    def test_empty_text_input(self):
+        with open(f"{self.dir}/empty.txt", "w") as f:
+            f.write("\n%\n   \n%\n")
+        self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/empty.txt"],
+                        f"{self.dir}/empty.txt: no documents (empty text input)")
+
+    def test_unreadable_jsonl_line(self):
+        with open(f"{self.dir}/bad.jsonl", "w") as f:
+            f.write('{"text": "fine"}\n{"text": "also fine"}\n\n{"text": "broken\n')
+        self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/bad.jsonl"],
+                        f"{self.dir}/bad.jsonl:4: unreadable JSONL line")
+
+    def test_unreadable_jsonl_line_with_given_tokenizer(self):
+        # The encode pass alone must catch it too, after earlier files were already encoded.
+        ok = run_prep(f"--input={self.dir}/good.txt", f"--output={self.dir}/tok", "--vocab_size=300")
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        os.rename(f"{self.dir}/tok/tokenizer.model", f"{self.dir}/t.model")
+        subprocess.run(["rm", "-r", f"{self.dir}/tok"], check=True)
+        with open(f"{self.dir}/bad.jsonl", "w") as f:
+            f.write('{"text": "fine"}\n{"body": "no text field"}\n')
+        self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/bad.jsonl",
+                         f"--tokenizer={self.dir}/t.model"],
+                        f"{self.dir}/bad.jsonl:2: unreadable JSONL line: no string field 'text'")
+
+    def test_tokenizer_that_is_not_a_model(self):
+        self.assert_bad([f"--input={self.dir}/good.txt", f"--tokenizer={self.dir}/good.txt"],
+                        f"{self.dir}/good.txt: not a SentencePiece model")
+
+    def test_output_is_a_file(self):
+        with open(f"{self.dir}/out", "w") as f:
+            f.write("x")
+        r = run_prep(f"--input={self.dir}/good.txt", f"--output={self.dir}/out")
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(r.stderr.strip(), f"samout_prep: error: {self.dir}/out: exists and is not "
+                                           "a directory")
+
+
+if __name__ == "__main__":
+    unittest.main()
