@@ -1,0 +1,64 @@
+// cummax_gate: SamOut's attention replacement, as one fused operation (SPEC.md, "The fused operation").
+//
+//   y = combined(x)                      (B, T, 3d): a = y[..., 0:d], b = y[..., d:2d], c = y[..., 2d:3d]
+//   m_t = max(state, max_{s<=t} c_s)     per batch row and channel; ties take the latest position,
+//                                        NaN propagates (the rules of torch.cummax)
+//   out = (a + b + c + alpha2 + alpha5) * m + alpha3*a + alpha1*b + alpha4*c          (B, T, d)
+//
+// The op takes y itself and reads a, b, c as strided views, so neither the forward nor the backward
+// ever materialises a chunk or a concatenation: the backward writes dL/dy, the (B, T, 3d) gradient
+// that combined's backward consumes, in one pass over time per channel.
+//
+// Three implementations sit behind one dispatch point (GateImpl): the fused CPU kernel, the fused
+// CUDA kernel (compiled when CUDA is found), and the composite of ATen ops, which is the reference.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace samout::ops {
+
+enum class GateImpl {
+  kAuto,       // fused kernel for the tensor's device
+  kFused,      // fused kernel; an error if none exists for the device
+  kComposite,  // torch.cummax and elementwise ATen ops: the reference
+};
+
+GateImpl parse_gate_impl(const std::string& name);  // "auto" | "fused" | "composite"
+std::string to_string(GateImpl impl);
+
+struct GateResult {
+  torch::Tensor out;    // (B, T, d)
+  torch::Tensor state;  // (B, d): m at the last position, detached; the next call's state
+};
+
+// y: (B, T, 3d) floating, last dim contiguous. alphas: (5,) holding alpha1..alpha5, same dtype.
+// state: undefined or (B, d); carried in from the previous piece of the sequence, never differentiated.
+// Differentiable in y and alphas.
+GateResult cummax_gate(const torch::Tensor& y, const torch::Tensor& alphas,
+                       const torch::Tensor& state = {}, GateImpl impl = GateImpl::kAuto);
+
+// The composite reference, differentiable through ATen's own autograd.
+GateResult cummax_gate_composite(const torch::Tensor& y, const torch::Tensor& alphas,
+                                 const torch::Tensor& state = {});
+
+// ---- Kernels (no autograd). Shapes as above; m_saved is (B, T, d), the running max. -------------
+// Forward: writes out and m_saved (m_saved may be undefined when no backward will follow).
+void cummax_gate_forward_cpu(const torch::Tensor& y, const torch::Tensor& alphas,
+                             const torch::Tensor& state, torch::Tensor& out,
+                             torch::Tensor& m_saved, torch::Tensor& last_m);
+// Backward: given dL/dout, writes dL/dy (B, T, 3d) and dL/dalphas (5,).
+void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor& y,
+                              const torch::Tensor& alphas, const torch::Tensor& m_saved,
+                              torch::Tensor& grad_y, torch::Tensor& grad_alphas);
+
+bool cuda_kernels_compiled();
+void cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
+                              const torch::Tensor& state, torch::Tensor& out,
+                              torch::Tensor& m_saved, torch::Tensor& last_m);
+void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tensor& y,
+                               const torch::Tensor& alphas, const torch::Tensor& m_saved,
+                               torch::Tensor& grad_y, torch::Tensor& grad_alphas);
+
+}  // namespace samout::ops

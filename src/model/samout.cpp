@@ -1,0 +1,120 @@
+// SamOut's modules. Names of members and registrations are the seed's state_dict names (SPEC.md).
+#include "samout/model/samout.h"
+
+#include "samout/common/error.h"
+
+namespace samout::model {
+
+// ---- MaxStateSuper ---------------------------------------------------------------------------------
+
+MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate_impl)
+    : gate(gate_impl) {
+  require(heads > 0 && hidden % heads == 0, "hidden size " + std::to_string(hidden) +
+                                                " is not divisible by heads " + std::to_string(heads));
+  combined = register_module(
+      "combined", torch::nn::Linear(torch::nn::LinearOptions(hidden, 3 * hidden).bias(false)));
+  alpha1 = register_parameter("alpha1", torch::tensor(0.5f));
+  alpha2 = register_parameter("alpha2", torch::tensor(0.5f));
+  alpha3 = register_parameter("alpha3", torch::tensor(0.5f));
+  alpha4 = register_parameter("alpha4", torch::tensor(0.5f));
+  alpha5 = register_parameter("alpha5", torch::tensor(0.5f));
+}
+
+torch::Tensor MaxStateSuperImpl::alphas() const {
+  return torch::stack({alpha1, alpha2, alpha3, alpha4, alpha5});
+}
+
+std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::Tensor& x,
+                                                                   const torch::Tensor& state) {
+  auto y = combined(x);  // (B, T, 3d): a | b | c, read in place by the gate
+  // Under autocast the projection's output may be bf16 while the alphas stay fp32; the gate runs in
+  // the projection's dtype.
+  auto al = alphas().to(y.scalar_type());
+  auto st = state.defined() ? state.to(y.scalar_type()) : state;
+  auto r = ops::cummax_gate(y, al, st, gate);
+  return {r.out, r.state};
+}
+
+// ---- FeedForward -----------------------------------------------------------------------------------
+
+FeedForwardImpl::FeedForwardImpl(int64_t hidden) {
+  ffn1 = register_module("ffn1", torch::nn::Linear(hidden, hidden));
+  ffn2 = register_module("ffn2", torch::nn::Linear(hidden, hidden));
+  gate = register_module("gate", torch::nn::Linear(hidden, hidden));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& y) {
+  return ffn2(ffn1(y) * torch::relu(gate(y)));
+}
+
+// ---- DecoderLayer ----------------------------------------------------------------------------------
+
+DecoderLayerImpl::DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl gate) {
+  self_attention = register_module("self_attention", MaxStateSuper(hidden, heads, gate));
+  ffn = register_module("ffn", FeedForward(hidden));
+  layer_norm = register_module(
+      "layer_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden}).eps(1e-5)));
+  alpha = register_parameter("alpha", torch::tensor(0.5f));
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::Tensor& x,
+                                                                  const torch::Tensor& state) {
+  auto [y, new_state] = self_attention(x, state);
+  auto mixed = alpha * ffn(y) + (1 - alpha) * x;
+  return {layer_norm(mixed), new_state};
+}
+
+// ---- SamOut ----------------------------------------------------------------------------------------
+
+SamOutImpl::SamOutImpl(const ModelConfig& cfg) : cfg_(cfg) {
+  cfg_.validate();
+  auto em_opts = torch::nn::EmbeddingOptions(cfg.vocab_size, cfg.hidden);
+  if (cfg.pad_id >= 0) em_opts.padding_idx(cfg.pad_id);
+  em = register_module("em", torch::nn::Embedding(em_opts));
+  decoder_layers = register_module("decoder_layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.layers; ++i)
+    decoder_layers->push_back(DecoderLayer(cfg.hidden, cfg.heads, cfg.gate));
+  head = register_module(
+      "head", torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden, cfg.vocab_size).bias(false)));
+}
+
+void SamOutImpl::check_tokens(const torch::Tensor& tokens) const {
+  require(tokens.dim() == 2, "tokens must be (B, T), got " + std::to_string(tokens.dim()) + " dims");
+  require(tokens.numel() > 0, "empty input: tokens have shape (" + std::to_string(tokens.size(0)) +
+                                  ", " + std::to_string(tokens.size(1)) + ")");
+  require(!tokens.is_floating_point() && !tokens.is_complex(),
+          std::string("tokens must be integer ids, got dtype ") + c10::toString(tokens.scalar_type()));
+  if (!check_tokens_) return;
+  const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+  require(lo >= 0, "token id " + std::to_string(lo) + " is negative");
+  require(hi < cfg_.vocab_size, "token id " + std::to_string(hi) + " is >= vocab size " +
+                                    std::to_string(cfg_.vocab_size));
+}
+
+torch::Tensor SamOutImpl::forward(const torch::Tensor& tokens, ModelState* state) {
+  check_tokens(tokens);
+  if (state) {
+    require(state->empty() || static_cast<int64_t>(state->size()) == cfg_.layers,
+            "state holds " + std::to_string(state->size()) + " layers, model has " +
+                std::to_string(cfg_.layers));
+    if (state->empty()) state->resize(cfg_.layers);
+  }
+  auto e = em(tokens);  // (B, T, d)
+  for (int64_t i = 0; i < cfg_.layers; ++i) {
+    auto layer = decoder_layers[i]->as<DecoderLayer>();
+    torch::Tensor in_state = state ? (*state)[i] : torch::Tensor();
+    auto [out, new_state] = layer->forward(e, in_state);
+    e = out + e;  // the outer residual, as in the seed
+    if (state) (*state)[i] = new_state;
+  }
+  return head(e);  // (B, T, V)
+}
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t pad_id) {
+  const int64_t V = logits.size(-1);
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, V}), targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(pad_id >= 0 ? pad_id : -100));
+}
+
+}  // namespace samout::model
