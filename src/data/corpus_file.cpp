@@ -2,6 +2,7 @@
 #include "samout/data/corpus_file.h"
 
 #include <glog/logging.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -168,10 +169,29 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     elem_bytes_ = got == "uint16" ? 2 : 4;
     mem_type_ = elem_bytes_ == 2 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32;
   }
+  {
+    // Random windows are ~2 KB and chunks ~128 KB: through the chunk cache every window read
+    // would pull in its whole chunk. Uncompressed chunks are read directly without a cache;
+    // compressed ones must be inflated whole, so they keep one.
+    H5Id dcpl(H5Dget_create_plist(tokens_.get()), H5Pclose);
+    const bool filtered = H5Pget_nfilters(dcpl.get()) > 0;
+    H5Id dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
+    H5Pset_chunk_cache(dapl.get(), filtered ? 521 : 0, filtered ? size_t{64} << 20 : 0, 1.0);
+    tokens_ = H5Id(H5Dopen2(f, "tokens", dapl.get()), H5Dclose);
+    H5Id type(H5Dget_type(tokens_.get()), H5Tclose);
+    hsize_t chunk = 0;
+    if (!filtered && H5Pget_layout(dcpl.get()) == H5D_CHUNKED &&
+        H5Pget_chunk(dcpl.get(), 1, &chunk) == 1 &&
+        H5Tequal(type.get(), elem_bytes_ == 2 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32) > 0) {
+      fd_ = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd_ >= 0) chunk_tokens_ = static_cast<int64_t>(chunk);
+    }
+  }
   file_space_ = H5Id(H5Dget_space(tokens_.get()), H5Sclose);
   hsize_t n = 0;
   H5Sget_simple_extent_dims(file_space_.get(), &n, nullptr);
   num_tokens_ = static_cast<int64_t>(n);
+  if (chunk_tokens_ > 0) chunk_addr_.assign((num_tokens_ + chunk_tokens_ - 1) / chunk_tokens_, 0);
 
   H5Id tok = open_ds("tokenizer");
   {
@@ -203,16 +223,51 @@ std::vector<int64_t> ShardReader::doc_offsets() const {
   return out;
 }
 
-void ShardReader::read(int64_t start, int64_t n, int32_t* out) const {
-  CHECK(start >= 0 && n >= 0 && start + n <= num_tokens_) << path_ << " [" << start << ", +" << n;
-  if (n == 0) return;
+ShardReader::~ShardReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void ShardReader::read_raw(int64_t start, int64_t n) const {
+  buf_.resize((n * elem_bytes_ + 3) / 4);
+  auto* dst = reinterpret_cast<char*>(buf_.data());
+  if (chunk_tokens_ > 0) {
+    bool direct = true;
+    for (int64_t pos = start; direct && pos < start + n;) {
+      const int64_t c = pos / chunk_tokens_, in_chunk = pos - c * chunk_tokens_;
+      const int64_t take = std::min(start + n - pos, chunk_tokens_ - in_chunk);
+      if (chunk_addr_[c] == 0) {
+        const hsize_t coord[1] = {static_cast<hsize_t>(c * chunk_tokens_)};
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        herr_t rc = -1;
+        H5E_BEGIN_TRY { rc = H5Dget_chunk_info_by_coord(tokens_.get(), coord, &mask, &addr, &size); }
+        H5E_END_TRY;
+        if (rc < 0 || addr == HADDR_UNDEF) {
+          direct = false;  // unallocated chunk (fill values): let HDF5 produce it
+          break;
+        }
+        chunk_addr_[c] = addr;
+      }
+      const size_t bytes = static_cast<size_t>(take) * elem_bytes_;
+      const off_t at = static_cast<off_t>(chunk_addr_[c] + in_chunk * elem_bytes_);
+      if (::pread(fd_, dst + (pos - start) * elem_bytes_, bytes, at) != static_cast<ssize_t>(bytes))
+        throw std::runtime_error(path_ + ": read error at token " + std::to_string(pos));
+      pos += take;
+    }
+    if (direct) return;
+  }
   const hsize_t off[1] = {static_cast<hsize_t>(start)}, cnt[1] = {static_cast<hsize_t>(n)};
   H5Sselect_hyperslab(file_space_.get(), H5S_SELECT_SET, off, nullptr, cnt, nullptr);
   H5Id mspace(H5Screate_simple(1, cnt, nullptr), H5Sclose);
-  buf_.resize((n * elem_bytes_ + 3) / 4);
-  if (H5Dread(tokens_.get(), mem_type_, mspace.get(), file_space_.get(), H5P_DEFAULT,
-              buf_.data()) < 0)
+  if (H5Dread(tokens_.get(), mem_type_, mspace.get(), file_space_.get(), H5P_DEFAULT, dst) < 0)
     throw std::runtime_error(path_ + ": read error at token " + std::to_string(start));
+}
+
+void ShardReader::read(int64_t start, int64_t n, int32_t* out) const {
+  CHECK(start >= 0 && n >= 0 && start + n <= num_tokens_) << path_ << " [" << start << ", +" << n;
+  if (n == 0) return;
+  read_raw(start, n);
   // Widen and range-check in one pass; the max is branch-free so the loop vectorises.
   uint32_t top = 0;
   if (elem_bytes_ == 2) {

@@ -41,6 +41,7 @@ std::optional<std::string> read_attr_str(hid_t obj, const char* name) {
   if (H5Tis_variable_str(type.get()) > 0) {
     H5Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
     H5Tset_size(mem.get(), H5T_VARIABLE);
+    H5Tset_cset(mem.get(), H5Tget_cset(type.get()));  // HDF5 will not convert ASCII <-> UTF-8
     char* p = nullptr;
     if (H5Aread(attr.get(), mem.get(), &p) < 0) return std::nullopt;
     std::string s(p ? p : "");

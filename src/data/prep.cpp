@@ -22,7 +22,7 @@ namespace samout::data {
 namespace fs = std::filesystem;
 
 namespace {
-constexpr size_t kChunkBytes = size_t{1} << 20;  // text handed to one encoding task
+constexpr size_t kChunkBytes = size_t{256} << 10;  // text handed to one encoding task
 
 // A uniform double in [0, 1) from a key: decides splits and samples, reproducibly.
 double unit(uint64_t seed, uint64_t salt, int64_t doc) {
@@ -43,19 +43,17 @@ void validate(const PrepConfig& cfg) {
   require(cfg.tokenizer.empty() ? cfg.train.vocab_size > 0 : true, "--vocab_size must be positive");
 }
 
-// Calls fn(doc_index, doc) over every document of every file, reporting progress in bytes.
+// Calls fn(doc_index, doc, bytes) over every document of every file, in order; bytes is how far
+// into the concatenated inputs the reader has got (for progress).
 template <typename Fn>
-void for_each_input_doc(const std::vector<std::string>& files, const PrepConfig& cfg,
-                        Progress* progress, Fn&& fn) {
+void for_each_input_doc(const std::vector<std::string>& files, const PrepConfig& cfg, Fn&& fn) {
   int64_t base = 0, doc = 0;
   for (const auto& path : files) {
     for_each_document(path, cfg.text, [&](std::string&& text, int64_t bytes) {
-      fn(doc++, std::move(text));
-      progress->update(base + bytes);
+      fn(doc++, std::move(text), base + bytes);
     });
     base += static_cast<int64_t>(fs::file_size(path));
   }
-  progress->finish();
 }
 
 std::string train_from_inputs(const std::vector<std::string>& files, int64_t total_bytes,
@@ -64,7 +62,8 @@ std::string train_from_inputs(const std::vector<std::string>& files, int64_t tot
                                         std::max<int64_t>(1, total_bytes));
   std::vector<std::string> lines;
   Progress progress("read for tokenizer", total_bytes, cfg.progress);
-  for_each_input_doc(files, cfg, &progress, [&](int64_t d, std::string&& text) {
+  for_each_input_doc(files, cfg, [&](int64_t d, std::string&& text, int64_t bytes) {
+    progress.update(bytes);
     if (is_val(cfg, d) || unit(cfg.seed, 2, d) >= rate) return;
     size_t start = 0;
     while (start < text.size()) {  // SentencePiece trains on lines; "\n" is a piece of its own
@@ -74,6 +73,7 @@ std::string train_from_inputs(const std::vector<std::string>& files, int64_t tot
       start = end + 1;
     }
   });
+  progress.finish();
   std::printf("training tokenizer: BPE, vocab %ld, on %zu lines\n",
               static_cast<long>(cfg.train.vocab_size), lines.size());
   std::fflush(stdout);
@@ -126,24 +126,33 @@ PrepResult run_prep(const PrepConfig& cfg) {
     const auto t0 = std::chrono::steady_clock::now();
 
     // Ordered pipeline: chunks are encoded concurrently but written in input order, with at
-    // most 2*threads chunks in flight so memory stays bounded whatever the corpus size.
+    // most `threads` chunks in flight so memory stays bounded whatever the corpus size.
+    // Progress counts input bytes whose tokens are written, so the rate is the encoding rate.
     struct Chunk {
       int64_t first_doc = 0;
       std::vector<std::string> docs;
-      size_t bytes = 0;
+      size_t text_bytes = 0;
+      int64_t input_end = 0;  // input bytes read up to the chunk's last document
     };
     using Encoded = std::vector<std::vector<uint32_t>>;
-    std::deque<std::pair<int64_t, std::future<Encoded>>> inflight;
+    struct InFlight {
+      int64_t first_doc, input_end;
+      std::future<Encoded> encoded;
+    };
+    std::deque<InFlight> inflight;
+    Progress progress("encode", result.input_bytes, cfg.progress);
     auto write_oldest = [&] {
-      auto [first, fut] = std::move(inflight.front());
+      InFlight job = std::move(inflight.front());
       inflight.pop_front();
-      const Encoded enc = fut.get();
+      const Encoded enc = job.encoded.get();
       for (size_t k = 0; k < enc.size(); ++k)
-        (is_val(cfg, first + static_cast<int64_t>(k)) ? val : train).add_doc(enc[k]);
+        (is_val(cfg, job.first_doc + static_cast<int64_t>(k)) ? val : train).add_doc(enc[k]);
+      progress.update(job.input_end);
     };
     auto submit = [&](Chunk&& chunk) {
       auto docs = std::make_shared<std::vector<std::string>>(std::move(chunk.docs));
-      inflight.emplace_back(chunk.first_doc, std::async(std::launch::async, [docs, &tok, &meta] {
+      inflight.push_back({chunk.first_doc, chunk.input_end,
+                          std::async(std::launch::async, [docs, &tok, &meta] {
         Encoded enc(docs->size());
         std::vector<int> ids;
         for (size_t k = 0; k < docs->size(); ++k) {
@@ -152,22 +161,23 @@ PrepResult run_prep(const PrepConfig& cfg) {
           enc[k].push_back(static_cast<uint32_t>(meta.eos_id));  // every document ends in eos
         }
         return enc;
-      }));
-      while (static_cast<int>(inflight.size()) > 2 * threads) write_oldest();
+      })});
+      while (static_cast<int>(inflight.size()) >= threads) write_oldest();
     };
     Chunk chunk;
-    Progress progress("encode", result.input_bytes, cfg.progress);
-    for_each_input_doc(files, cfg, &progress, [&](int64_t d, std::string&& text) {
+    for_each_input_doc(files, cfg, [&](int64_t d, std::string&& text, int64_t bytes) {
       if (chunk.docs.empty()) chunk.first_doc = d;
-      chunk.bytes += text.size();
+      chunk.text_bytes += text.size();
+      chunk.input_end = bytes;
       chunk.docs.push_back(std::move(text));
-      if (chunk.bytes >= kChunkBytes) {
+      if (chunk.text_bytes >= kChunkBytes) {
         submit(std::move(chunk));
         chunk = Chunk();
       }
     });
     if (!chunk.docs.empty()) submit(std::move(chunk));
     while (!inflight.empty()) write_oldest();
+    progress.finish();
 
     result.train_docs = train.num_docs();
     result.train_tokens = train.num_tokens();

@@ -38,9 +38,10 @@ inline CorpusMeta test_meta(int64_t vocab, const std::string& model = "model-A")
 }
 
 // Token i of the file is (base + i) % vocab, so a window's content tells where it came from.
+// Small chunks make windows straddle chunk boundaries.
 inline void write_corpus(const std::string& path, int64_t n, int64_t vocab, int64_t base = 0,
-                         const std::string& model = "model-A") {
-  ShardWriter w(path, test_meta(vocab, model), WriteOptions{/*chunk_tokens=*/64, 0});
+                         const std::string& model = "model-A", int compression = 0) {
+  ShardWriter w(path, test_meta(vocab, model), WriteOptions{/*chunk_tokens=*/64, compression});
   std::vector<uint32_t> ids(n);
   for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<uint32_t>((base + i) % vocab);
   w.begin_doc();

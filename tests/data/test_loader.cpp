@@ -152,6 +152,19 @@ TEST_F(LoaderTest, ShardsFormOneCorpusAndWideTokensWork) {
   }
 }
 
+TEST_F(LoaderTest, CompressedFilesServeTheSameWindows) {
+  // Uncompressed chunks are pread() directly; gzip ones go through HDF5 and its chunk cache.
+  write_corpus(path("plain.h5"), 50 * kT + 1, 1000, 0, "model-A", 0);
+  write_corpus(path("gzip.h5"), 50 * kT + 1, 1000, 0, "model-A", 6);
+  auto a = Loader::open(config(path("plain.h5")));
+  auto b = Loader::open(config(path("gzip.h5")));
+  for (int s = 0; s < 4; ++s) EXPECT_EQ(a->next().tokens, b->next().tokens);
+  ShardReader r(path("gzip.h5"));
+  EXPECT_EQ(r.meta().tokenizer_kind, "test");
+  EXPECT_EQ(r.num_tokens(), 50 * kT + 1);
+  EXPECT_EQ(r.doc_offsets(), (std::vector<int64_t>{0, 50 * kT + 1}));
+}
+
 TEST(RandomSource, ContentIsAPureFunctionOfSeedAndWindow) {
   std::vector<std::vector<int64_t>> w1, w8;
   const auto a = global_batches("random:7", 1, 3, &w1, /*vocab=*/50);
