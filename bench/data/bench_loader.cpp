@@ -109,8 +109,10 @@ int main(int argc, char** argv) {
   std::printf("%-40s %8.1f M tokens/s\n", "baseline: sequential H5Dread (4M/call)", seq / 1e6);
   for (int world : {1, 2}) {
     const double r = loader_rate(FLAGS_file, world, 0, &sum);
-    std::printf("loader, shuffled windows, rank 0 of W=%d  %8.1f M tokens/s per rank  (%.2fx "
-                "sequential)\n", world, r / 1e6, r / seq);
+    std::printf(
+        "loader, shuffled windows, rank 0 of W=%d  %8.1f M tokens/s per rank  (%.2fx "
+        "sequential)\n",
+        world, r / 1e6, r / seq);
   }
   const double rnd = loader_rate("random:1", 1, 32000, &sum);
   std::printf("loader, random:1 synthetic, W=1       %8.1f M tokens/s  (%.2fx sequential)\n",

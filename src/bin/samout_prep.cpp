@@ -14,7 +14,8 @@ DEFINE_string(output, "", "Output directory: train-NNNNN.h5, val-NNNNN.h5, token
 DEFINE_int64(vocab_size, 8192, "Vocabulary size of the trained tokenizer");
 DEFINE_string(tokenizer, "", "Reuse this SentencePiece .model instead of training one");
 DEFINE_string(format, "auto", "Input format: auto (.jsonl/.json are JSONL), text or jsonl");
-DEFINE_string(doc_separator, "%", "In text inputs, a line equal to this ends a document "
+DEFINE_string(doc_separator, "%",
+              "In text inputs, a line equal to this ends a document "
               "(\"\" = blank lines)");
 DEFINE_string(jsonl_field, "text", "JSONL: the string field holding the document");
 DEFINE_bool(strip_ansi, true, "Remove ANSI escape sequences (colour codes) from the text");
@@ -63,12 +64,13 @@ int main(int argc, char** argv) {
   google::InitGoogleLogging(argv[0]);
   return samout::run_program("samout_prep", [&] {
     const auto r = samout::data::run_prep(config_from_flags(argc, argv));
-    std::printf("samout_prep: %.1f MB of text -> %s: train %ld docs %ld tokens, val %ld docs %ld "
-                "tokens, vocab %ld; encoded at %.1f MB/s\n",
-                r.input_bytes / 1e6, FLAGS_output.c_str(), static_cast<long>(r.train_docs),
-                static_cast<long>(r.train_tokens), static_cast<long>(r.val_docs),
-                static_cast<long>(r.val_tokens), static_cast<long>(r.vocab_size),
-                r.input_bytes / 1e6 / std::max(1e-9, r.encode_seconds));
+    std::printf(
+        "samout_prep: %.1f MB of text -> %s: train %ld docs %ld tokens, val %ld docs %ld "
+        "tokens, vocab %ld; encoded at %.1f MB/s\n",
+        r.input_bytes / 1e6, FLAGS_output.c_str(), static_cast<long>(r.train_docs),
+        static_cast<long>(r.train_tokens), static_cast<long>(r.val_docs),
+        static_cast<long>(r.val_tokens), static_cast<long>(r.vocab_size),
+        r.input_bytes / 1e6 / std::max(1e-9, r.encode_seconds));
     return samout::kExitOk;
   });
 }

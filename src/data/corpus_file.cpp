@@ -1,8 +1,8 @@
 // Tokenized-corpus HDF5 files: writing and validated reading (see corpus_file.h).
 #include "samout/data/corpus_file.h"
 
-#include <glog/logging.h>
 #include <fcntl.h>
+#include <glog/logging.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,8 +53,7 @@ ShardWriter::ShardWriter(const std::string& path, const CorpusMeta& meta, const 
   const bool narrow = token_bytes(meta.vocab_size) == 2;
   mem_type_ = H5T_NATIVE_UINT32;  // HDF5 narrows to the file's uint16 on write (ids < vocab)
   tokens_ = create_1d(file_.get(), "tokens", narrow ? H5T_STD_U16LE : H5T_STD_U32LE, 0,
-                      std::max<int64_t>(1, opt.chunk_tokens), /*extendible=*/true,
-                      opt.compression);
+                      std::max<int64_t>(1, opt.chunk_tokens), /*extendible=*/true, opt.compression);
   pending_.reserve(kFlushTokens);
 }
 
@@ -87,8 +86,10 @@ void ShardWriter::flush() {
   H5Id fspace(H5Dget_space(tokens_.get()), H5Sclose);
   H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
   H5Id mspace(H5Screate_simple(1, count, nullptr), H5Sclose);
-  CHECK_GE(H5Dwrite(tokens_.get(), mem_type_, mspace.get(), fspace.get(), H5P_DEFAULT,
-                    pending_.data()), 0) << path_;
+  CHECK_GE(
+      H5Dwrite(tokens_.get(), mem_type_, mspace.get(), fspace.get(), H5P_DEFAULT, pending_.data()),
+      0)
+      << path_;
   written_ += static_cast<int64_t>(pending_.size());
   pending_.clear();
 }
@@ -156,8 +157,8 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
     H5Id ds(H5Dopen2(f, name, H5P_DEFAULT), H5Dclose);
     require(ds.valid(), p + ": '" + name + "' is not a dataset");
     H5Id space(H5Dget_space(ds.get()), H5Sclose);
-    require(H5Sget_simple_extent_ndims(space.get()) == 1, p + ": dataset '" + name +
-                                                              "' must be 1-D");
+    require(H5Sget_simple_extent_ndims(space.get()) == 1,
+            p + ": dataset '" + name + "' must be 1-D");
     return ds;
   };
   tokens_ = open_ds("tokens");
@@ -196,16 +197,17 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   H5Id tok = open_ds("tokenizer");
   {
     H5Id type(H5Dget_type(tok.get()), H5Tclose);
-    require(describe_type(type.get()) == "uint8",
-            p + ": dataset 'tokenizer' has dtype " + describe_type(type.get()) +
-                ", expected uint8");
+    require(
+        describe_type(type.get()) == "uint8",
+        p + ": dataset 'tokenizer' has dtype " + describe_type(type.get()) + ", expected uint8");
     H5Id space(H5Dget_space(tok.get()), H5Sclose);
     hsize_t bytes = 0;
     H5Sget_simple_extent_dims(space.get(), &bytes, nullptr);
     meta_.tokenizer_model.resize(bytes);
     if (bytes > 0)
       CHECK_GE(H5Dread(tok.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                       meta_.tokenizer_model.data()), 0);
+                       meta_.tokenizer_model.data()),
+               0);
   }
 }
 
@@ -241,7 +243,9 @@ void ShardReader::read_raw(int64_t start, int64_t n) const {
         haddr_t addr = HADDR_UNDEF;
         hsize_t size = 0;
         herr_t rc = -1;
-        H5E_BEGIN_TRY { rc = H5Dget_chunk_info_by_coord(tokens_.get(), coord, &mask, &addr, &size); }
+        H5E_BEGIN_TRY {
+          rc = H5Dget_chunk_info_by_coord(tokens_.get(), coord, &mask, &addr, &size);
+        }
         H5E_END_TRY;
         if (rc < 0 || addr == HADDR_UNDEF) {
           direct = false;  // unallocated chunk (fill values): let HDF5 produce it
@@ -252,7 +256,8 @@ void ShardReader::read_raw(int64_t start, int64_t n) const {
       const size_t bytes = static_cast<size_t>(take) * elem_bytes_;
       const off_t at = static_cast<off_t>(chunk_addr_[c] + in_chunk * elem_bytes_);
       if (::pread(fd_, dst + (pos - start) * elem_bytes_, bytes, at) != static_cast<ssize_t>(bytes))
-        throw std::runtime_error(path_ + ": read error at token " + std::to_string(pos));
+        throw UsageError(path_ + ": cannot read token " + std::to_string(pos) +
+                         " (truncated or corrupt file)");
       pos += take;
     }
     if (direct) return;
@@ -261,7 +266,8 @@ void ShardReader::read_raw(int64_t start, int64_t n) const {
   H5Sselect_hyperslab(file_space_.get(), H5S_SELECT_SET, off, nullptr, cnt, nullptr);
   H5Id mspace(H5Screate_simple(1, cnt, nullptr), H5Sclose);
   if (H5Dread(tokens_.get(), mem_type_, mspace.get(), file_space_.get(), H5P_DEFAULT, dst) < 0)
-    throw std::runtime_error(path_ + ": read error at token " + std::to_string(start));
+    throw UsageError(path_ + ": cannot read token " + std::to_string(start) +
+                     " (truncated or corrupt file)");
 }
 
 void ShardReader::read(int64_t start, int64_t n, int32_t* out) const {
@@ -295,8 +301,8 @@ void ShardReader::read(int64_t start, int64_t n, int32_t* out) const {
 void ShardReader::verify_tokens() const {
   constexpr int64_t kBlock = int64_t{1} << 22;
   std::vector<int32_t> block(std::min(kBlock, num_tokens_));
-  for (int64_t s = 0; s < num_tokens_; s += kBlock) read(s, std::min(kBlock, num_tokens_ - s),
-                                                         block.data());
+  for (int64_t s = 0; s < num_tokens_; s += kBlock)
+    read(s, std::min(kBlock, num_tokens_ - s), block.data());
 }
 
 }  // namespace samout::data

@@ -47,8 +47,8 @@ class CorpusSource final : public WindowSource {
   void read(int64_t w, int32_t* out) override {
     CHECK(w >= 0 && w < num_windows_) << w;
     // The shard holding window w: the last one whose first window is <= w.
-    const size_t s = std::upper_bound(first_window_.begin(), first_window_.end(), w) -
-                     first_window_.begin() - 1;
+    const size_t s =
+        std::upper_bound(first_window_.begin(), first_window_.end(), w) - first_window_.begin() - 1;
     shards_[s]->read((w - first_window_[s]) * seq_len_, seq_len_ + 1, out);
   }
 

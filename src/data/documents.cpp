@@ -88,8 +88,8 @@ void for_each_document(const std::string& path, const TextOptions& opt,
         text = json_string_field(line, opt.jsonl_field);
       } catch (const JsonError& e) {
         std::free(buf);
-        throw UsageError(path + ":" + std::to_string(line_no) + ": unreadable JSONL line: " +
-                         e.what());
+        throw UsageError(path + ":" + std::to_string(line_no) +
+                         ": unreadable JSONL line: " + e.what());
       }
       emit(std::move(text));
     } else if (line == opt.separator) {

@@ -17,7 +17,7 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
   const int rc = ::glob(pattern.c_str(), GLOB_TILDE, nullptr, &g);
   if (rc == 0) {
     for (size_t i = 0; i < g.gl_pathc; ++i) {
-      struct stat st{};
+      struct stat st {};
       if (::stat(g.gl_pathv[i], &st) == 0 && S_ISREG(st.st_mode)) out.emplace_back(g.gl_pathv[i]);
     }
   }

@@ -30,7 +30,10 @@ class Parser {
           value();
         }
         ws();
-        if (peek() == ',') { ++i_; continue; }
+        if (peek() == ',') {
+          ++i_;
+          continue;
+        }
         expect('}');
         break;
       }
@@ -68,7 +71,10 @@ class Parser {
       const char close = c == '{' ? '}' : ']';
       ++i_;
       ws();
-      if (peek() == close) { ++i_; return; }
+      if (peek() == close) {
+        ++i_;
+        return;
+      }
       while (true) {
         ws();
         if (c == '{') {
@@ -79,7 +85,10 @@ class Parser {
         }
         value(depth + 1);
         ws();
-        if (peek() == ',') { ++i_; continue; }
+        if (peek() == ',') {
+          ++i_;
+          continue;
+        }
         expect(close);
         return;
       }
@@ -91,7 +100,8 @@ class Parser {
       literal("null");
     } else if (c == '-' || (c >= '0' && c <= '9')) {
       const size_t start = i_;
-      while (i_ < s_.size() && std::string_view("+-.eE0123456789").find(s_[i_]) != std::string_view::npos)
+      while (i_ < s_.size() &&
+             std::string_view("+-.eE0123456789").find(s_[i_]) != std::string_view::npos)
         ++i_;
       if (i_ == start) fail("invalid number");
     } else {
@@ -123,10 +133,14 @@ class Parser {
     for (int k = 0; k < 4; ++k) {
       const char h = s_[i_++];
       v <<= 4;
-      if (h >= '0' && h <= '9') v |= h - '0';
-      else if (h >= 'a' && h <= 'f') v |= h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') v |= h - 'A' + 10;
-      else fail("invalid \\u escape");
+      if (h >= '0' && h <= '9')
+        v |= h - '0';
+      else if (h >= 'a' && h <= 'f')
+        v |= h - 'a' + 10;
+      else if (h >= 'A' && h <= 'F')
+        v |= h - 'A' + 10;
+      else
+        fail("invalid \\u escape");
     }
     return v;
   }
@@ -146,14 +160,30 @@ class Parser {
       const char e = peek();
       ++i_;
       switch (e) {
-        case '"': out.push_back('"'); break;
-        case '\\': out.push_back('\\'); break;
-        case '/': out.push_back('/'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
+        case '"':
+          out.push_back('"');
+          break;
+        case '\\':
+          out.push_back('\\');
+          break;
+        case '/':
+          out.push_back('/');
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
         case 'u': {
           uint32_t cp = hex4();
           if (cp >= 0xD800 && cp < 0xDC00 && s_.substr(i_, 2) == "\\u") {
@@ -165,7 +195,9 @@ class Parser {
           put_utf8(cp, &out);
           break;
         }
-        default: --i_; fail("invalid escape");
+        default:
+          --i_;
+          fail("invalid escape");
       }
     }
   }

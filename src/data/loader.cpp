@@ -128,12 +128,12 @@ std::unique_ptr<Loader> Loader::open(const LoaderConfig& cfg) {
   require(cfg.seq_len > 0, spec + ": seq_len must be positive, got " + std::to_string(cfg.seq_len));
   require(cfg.global_batch > 0,
           spec + ": global_batch must be positive, got " + std::to_string(cfg.global_batch));
-  require(cfg.world > 0 && cfg.rank >= 0 && cfg.rank < cfg.world,
-          "rank " + std::to_string(cfg.rank) + " is outside world size " +
-              std::to_string(cfg.world));
-  require(cfg.global_batch % cfg.world == 0,
-          "global_batch " + std::to_string(cfg.global_batch) + " is not divisible by world size " +
-              std::to_string(cfg.world));
+  require(
+      cfg.world > 0 && cfg.rank >= 0 && cfg.rank < cfg.world,
+      "rank " + std::to_string(cfg.rank) + " is outside world size " + std::to_string(cfg.world));
+  require(cfg.global_batch % cfg.world == 0, "global_batch " + std::to_string(cfg.global_batch) +
+                                                 " is not divisible by world size " +
+                                                 std::to_string(cfg.world));
 
   auto impl = std::make_unique<Impl>();
   impl->cfg = cfg;
@@ -147,10 +147,9 @@ std::unique_ptr<Loader> Loader::open(const LoaderConfig& cfg) {
     impl->source = open_corpus(spec, cfg.seq_len, cfg.vocab_size, cfg.verify_tokens_max);
   }
   const int64_t m = impl->source->num_windows();
-  require(m >= cfg.global_batch, spec + ": " + std::to_string(m) + " windows of " +
-                                     std::to_string(cfg.seq_len + 1) +
-                                     " tokens is fewer than one global batch of " +
-                                     std::to_string(cfg.global_batch));
+  require(m >= cfg.global_batch,
+          spec + ": " + std::to_string(m) + " windows of " + std::to_string(cfg.seq_len + 1) +
+              " tokens is fewer than one global batch of " + std::to_string(cfg.global_batch));
   impl->rows = cfg.global_batch / cfg.world;
   impl->cols = cfg.seq_len + 1;
   impl->steps = m / cfg.global_batch;
@@ -184,8 +183,6 @@ int64_t Loader::bos_id() const { return impl_->source->meta().bos_id; }
 int64_t Loader::eos_id() const { return impl_->source->meta().eos_id; }
 int64_t Loader::windows_per_epoch() const { return impl_->source->num_windows(); }
 int64_t Loader::steps_per_epoch() const { return impl_->steps; }
-const std::string& Loader::tokenizer_model() const {
-  return impl_->source->meta().tokenizer_model;
-}
+const std::string& Loader::tokenizer_model() const { return impl_->source->meta().tokenizer_model; }
 
 }  // namespace samout::data

@@ -29,7 +29,9 @@ double unit(uint64_t seed, uint64_t salt, int64_t doc) {
   return static_cast<double>(mix64(seed ^ mix64(salt + mix64(static_cast<uint64_t>(doc)))) >> 11) *
          0x1.0p-53;
 }
-bool is_val(const PrepConfig& cfg, int64_t doc) { return unit(cfg.seed, 1, doc) < cfg.val_fraction; }
+bool is_val(const PrepConfig& cfg, int64_t doc) {
+  return unit(cfg.seed, 1, doc) < cfg.val_fraction;
+}
 
 void validate(const PrepConfig& cfg) {
   require(!cfg.inputs.empty(), "no --input given");
@@ -58,8 +60,8 @@ void for_each_input_doc(const std::vector<std::string>& files, const PrepConfig&
 
 std::string train_from_inputs(const std::vector<std::string>& files, int64_t total_bytes,
                               const PrepConfig& cfg) {
-  const double rate = std::min(1.0, static_cast<double>(cfg.tokenizer_train_bytes) /
-                                        std::max<int64_t>(1, total_bytes));
+  const double rate = std::min(
+      1.0, static_cast<double>(cfg.tokenizer_train_bytes) / std::max<int64_t>(1, total_bytes));
   std::vector<std::string> lines;
   Progress progress("read for tokenizer", total_bytes, cfg.progress);
   for_each_input_doc(files, cfg, [&](int64_t d, std::string&& text, int64_t bytes) {
@@ -85,8 +87,8 @@ void commit(const fs::path& tmp, const fs::path& out, const std::vector<std::str
   fs::create_directories(out);
   for (const auto& entry : fs::directory_iterator(out)) {
     const std::string n = entry.path().filename().string();
-    const bool ours = (n.rfind("train-", 0) == 0 || n.rfind("val-", 0) == 0) &&
-                      entry.path().extension() == ".h5";
+    const bool ours =
+        (n.rfind("train-", 0) == 0 || n.rfind("val-", 0) == 0) && entry.path().extension() == ".h5";
     if (ours) fs::remove(entry.path());  // stale shards would join the next run's glob
   }
   for (const auto& n : names) fs::rename(tmp / n, out / n);
@@ -99,8 +101,8 @@ PrepResult run_prep(const PrepConfig& cfg) {
   const std::vector<std::string> files = expand_globs(cfg.inputs);
   PrepResult result;
   for (const auto& f : files) result.input_bytes += static_cast<int64_t>(fs::file_size(f));
-  const int threads = cfg.threads > 0 ? cfg.threads
-                                      : std::max(1u, std::thread::hardware_concurrency());
+  const int threads =
+      cfg.threads > 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
 
   std::string model;
   if (cfg.tokenizer.empty()) {
@@ -151,17 +153,17 @@ PrepResult run_prep(const PrepConfig& cfg) {
     };
     auto submit = [&](Chunk&& chunk) {
       auto docs = std::make_shared<std::vector<std::string>>(std::move(chunk.docs));
-      inflight.push_back({chunk.first_doc, chunk.input_end,
-                          std::async(std::launch::async, [docs, &tok, &meta] {
-        Encoded enc(docs->size());
-        std::vector<int> ids;
-        for (size_t k = 0; k < docs->size(); ++k) {
-          tok.encode((*docs)[k], &ids);
-          enc[k].assign(ids.begin(), ids.end());
-          enc[k].push_back(static_cast<uint32_t>(meta.eos_id));  // every document ends in eos
-        }
-        return enc;
-      })});
+      inflight.push_back(
+          {chunk.first_doc, chunk.input_end, std::async(std::launch::async, [docs, &tok, &meta] {
+             Encoded enc(docs->size());
+             std::vector<int> ids;
+             for (size_t k = 0; k < docs->size(); ++k) {
+               tok.encode((*docs)[k], &ids);
+               enc[k].assign(ids.begin(), ids.end());
+               enc[k].push_back(static_cast<uint32_t>(meta.eos_id));  // every document ends in eos
+             }
+             return enc;
+           })});
       while (static_cast<int>(inflight.size()) >= threads) write_oldest();
     };
     Chunk chunk;
@@ -189,7 +191,8 @@ PrepResult run_prep(const PrepConfig& cfg) {
     for (const auto& n : val.finish()) result.files.push_back(n);
     {
       std::ofstream m(tmp / "tokenizer.model", std::ios::binary);
-      m.write(meta.tokenizer_model.data(), static_cast<std::streamsize>(meta.tokenizer_model.size()));
+      m.write(meta.tokenizer_model.data(),
+              static_cast<std::streamsize>(meta.tokenizer_model.size()));
       CHECK(m.good()) << "writing " << (tmp / "tokenizer.model");
     }
     result.files.push_back("tokenizer.model");

@@ -43,8 +43,8 @@ void Progress::finish() {
 }
 
 void Progress::draw(bool final) {
-  const double secs =
-      std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  const double secs = std::max(
+      1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
   const double frac = std::min(1.0, static_cast<double>(done_) / total_);
   const double rate = done_ / secs;  // bytes/s
   const double eta = rate > 0 ? (total_ - done_) / rate : 0;
@@ -59,7 +59,8 @@ void Progress::draw(bool final) {
     constexpr int kWidth = 30;
     const int filled = static_cast<int>(frac * kWidth);
     const std::string bar = std::string(filled, '#') + std::string(kWidth - filled, '.');
-    std::fprintf(out_, "\r\x1b[K%s [%s] %s%s", label_.c_str(), bar.c_str(), tail, final ? "\n" : "");
+    std::fprintf(out_, "\r\x1b[K%s [%s] %s%s", label_.c_str(), bar.c_str(), tail,
+                 final ? "\n" : "");
   } else {
     std::fprintf(out_, "%s: %s\n", label_.c_str(), tail);
   }

@@ -10,7 +10,10 @@ namespace samout::data {
 
 ShardSet::ShardSet(std::string dir, std::string prefix, CorpusMeta meta, WriteOptions opt,
                    int64_t shard_tokens)
-    : dir_(std::move(dir)), prefix_(std::move(prefix)), meta_(std::move(meta)), opt_(opt),
+    : dir_(std::move(dir)),
+      prefix_(std::move(prefix)),
+      meta_(std::move(meta)),
+      opt_(opt),
       shard_tokens_(shard_tokens) {
   CHECK_GT(shard_tokens, 0);
 }

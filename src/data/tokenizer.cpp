@@ -45,7 +45,10 @@ std::string train_tokenizer(const std::vector<std::string>& lines,
       {"input_sentence_size", std::to_string(cfg.max_sentences)},
       {"shuffle_input_sentence", "true"},
       {"max_sentence_length", "16384"},
-      {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "3"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "3"},
       {"num_threads", std::to_string(std::max(1, cfg.threads))},
       {"minloglevel", "2"},  // SentencePiece's progress logging would drown ours
   };

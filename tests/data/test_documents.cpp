@@ -23,8 +23,9 @@ class DocumentsTest : public testing::TempDirTest {
 };
 
 TEST_F(DocumentsTest, FortuneFilesSplitOnPercentAndLoseColourCodes) {
-  const auto docs = read("f", "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光\n%\n"
-                              "A  spaced\tline\n\nsecond para\n%\n%\n\n  \n%\nlast");
+  const auto docs = read("f",
+                         "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光\n%\n"
+                         "A  spaced\tline\n\nsecond para\n%\n%\n\n  \n%\nlast");
   ASSERT_EQ(docs.size(), 3u);
   EXPECT_EQ(docs[0], "《静夜思》\n作者：李白\n床前明月光");
   EXPECT_EQ(docs[1], "A  spaced\tline\n\nsecond para");  // inner whitespace is kept
@@ -38,10 +39,11 @@ TEST_F(DocumentsTest, FortuneFilesSplitOnPercentAndLoseColourCodes) {
 TEST_F(DocumentsTest, JsonlTakesTheNamedStringField) {
   TextOptions opt;
   opt.jsonl_field = "body";
-  const auto docs = read("d.jsonl",
-                         "{\"id\": 1, \"body\": \"a\\nb \\u00e9\\ud83d\\ude00\", \"x\": [1, {\"y\": null}]}\n"
-                         "\n{\"body\":\"second\",\"meta\":{\"body\":\"nested, ignored\"}}\n",
-                         opt);
+  const auto docs =
+      read("d.jsonl",
+           "{\"id\": 1, \"body\": \"a\\nb \\u00e9\\ud83d\\ude00\", \"x\": [1, {\"y\": null}]}\n"
+           "\n{\"body\":\"second\",\"meta\":{\"body\":\"nested, ignored\"}}\n",
+           opt);
   EXPECT_EQ(docs, (std::vector<std::string>{"a\nb \xc3\xa9\xf0\x9f\x98\x80", "second"}));
 }
 
@@ -72,7 +74,9 @@ TEST(Jsonl, RejectsMalformedObjects) {
 }
 
 TEST(Ansi, StripsCsiAndShortEscapes) {
-  EXPECT_EQ(strip_ansi("\x1b[1;31mred\x1b[0m plain \x1b" "cX"), "red plain X");
+  EXPECT_EQ(strip_ansi("\x1b[1;31mred\x1b[0m plain \x1b"
+                       "cX"),
+            "red plain X");
   EXPECT_EQ(strip_ansi("tail\x1b["), "tail");
 }
 

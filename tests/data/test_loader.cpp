@@ -61,7 +61,7 @@ class LoaderTest : public TempDirTest {};
 TEST_F(LoaderTest, EpochsCoverEveryWindowOnceAndBatchesMatchAcrossWorldSizes) {
   const int64_t windows = kG * 5;  // 5 steps per epoch, no leftover
   write_corpus(path("c.h5"), windows * kT + 1, /*vocab=*/1000);
-  const int steps = 15;            // three epochs
+  const int steps = 15;  // three epochs
   std::vector<std::vector<int64_t>> ref_windows;
   const auto ref = global_batches(path("c.h5"), 1, steps, &ref_windows);
   for (int world : {1, 2, 3, 8}) {
@@ -210,12 +210,11 @@ class LoaderErrors : public TempDirTest {
     write_attr_int(f, "vocab_size", 1000);
     hsize_t n = 1000;
     hid_t space = H5Screate_simple(1, &n, nullptr);
-    hid_t tok = H5Dcreate2(f, "tokenizer", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT,
-                           H5P_DEFAULT);
+    hid_t tok =
+        H5Dcreate2(f, "tokenizer", H5T_STD_U8LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     H5Dclose(tok);
     if (tokens_type >= 0)
-      H5Dclose(H5Dcreate2(f, "tokens", tokens_type, space, H5P_DEFAULT, H5P_DEFAULT,
-                          H5P_DEFAULT));
+      H5Dclose(H5Dcreate2(f, "tokens", tokens_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     H5Sclose(space);
     H5Fclose(f);
   }
@@ -241,6 +240,12 @@ TEST_F(LoaderErrors, NotHdf5MissingDatasetWrongDtype) {
               Names(path("float.h5"), "dtype float32, expected uint16 or uint32"));
   write_h5(path("int64.h5"), H5T_STD_I64LE);
   EXPECT_THAT(error_of(config(path("int64.h5"))), Names(path("int64.h5"), "dtype int64"));
+}
+
+TEST_F(LoaderErrors, TruncatedFile) {
+  write_corpus(path("cut.h5"), 4000 * kT + 1, 1000);
+  std::filesystem::resize_file(path("cut.h5"), std::filesystem::file_size(path("cut.h5")) / 2);
+  EXPECT_THAT(error_of(config(path("cut.h5"))), Names(path("cut.h5"), "HDF5"));
 }
 
 TEST_F(LoaderErrors, TokenAtOrAboveVocab) {

@@ -32,7 +32,7 @@ TEST(FeistelPermutation, KeysGiveDifferentOrdersThatShuffle) {
     fixed += a(i) == i;
     if (i > 0) ascending += a(i) > a(i - 1);
   }
-  EXPECT_LT(same, 20);    // ~1 expected for independent permutations
+  EXPECT_LT(same, 20);  // ~1 expected for independent permutations
   EXPECT_LT(fixed, 20);
   EXPECT_GT(ascending, 350);  // ~500 for a random order; an identity would give 999
   EXPECT_LT(ascending, 650);

@@ -17,8 +17,10 @@ import numpy as np
 PREP = os.environ.get("SAMOUT_PREP", "build-data/bin/samout_prep")
 
 POEMS = [
-    "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
-    "\x1b[32m《春晓》\x1b[m\n\x1b[33m作者：孟浩然\x1b[m\n春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。",
+    "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n"
+    "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
+    "\x1b[32m《春晓》\x1b[m\n\x1b[33m作者：孟浩然\x1b[m\n"
+    "春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。",
 ]
 ENGLISH = [f"Fortune {i}: a  spaced\tline, with  tabs\n\n  and an indented second paragraph {i * 7}."
            for i in range(60)]
@@ -122,6 +124,29 @@ class PrepTest(unittest.TestCase):
             if n.endswith(".h5"):
                 with h5py.File(f"{self.dir}/a/{n}") as fa, h5py.File(f"{self.dir}/b/{n}") as fb:
                     np.testing.assert_array_equal(fa["tokens"][:], fb["tokens"][:])
+
+    def test_format_flags(self):
+        # Blank-line separated text with an unusual extension, colour codes kept, gzip, small chunks.
+        with open(f"{self.dir}/in/plain.data", "w") as f:
+            f.write("\n\n".join(["\x1b[1mbold\x1b[0m one"] + ENGLISH[:20]))
+        out = f"{self.dir}/out"
+        r = run_prep(f"--input={self.dir}/in/plain.data", f"--output={out}", "--vocab_size=400",
+                     "--format=text", "--doc_separator=", "--strip_ansi=false", "--compression=4",
+                     "--chunk_tokens=128", "--val_fraction=0", "--tokenizer_train_mb=1", "--seed=3",
+                     "--progress=1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The terminal bar, redrawn in place ("\r" reads as "\n" in text mode), full at the end.
+        self.assertIn("\x1b[Kencode [" + "#" * 30 + "]", r.stdout)
+        with h5py.File(f"{out}/train-00000.h5") as f:
+            tokens = f["tokens"]
+            self.assertEqual(tokens.compression, "gzip")
+            self.assertEqual(tokens.compression_opts, 4)
+            self.assertEqual(tokens.chunks, (128,))
+            self.assertEqual(f.attrs["num_docs"], 41)  # blank lines split paragraphs too
+            with open(f"{self.dir}/m.model", "wb") as m:
+                m.write(f["tokenizer"][:].tobytes())
+            first = read_docs([f"{out}/train-00000.h5"], eos=2)[0]
+        self.assertEqual(spm_decode(f"{self.dir}/m.model", first), "\x1b[1mbold\x1b[0m one")
 
     def test_rerun_replaces_stale_shards(self):
         out = f"{self.dir}/out"

@@ -25,7 +25,7 @@ constexpr int64_t kFormatVersion = 1;
 struct CorpusMeta {
   int64_t vocab_size = 0;
   int64_t pad_id = -1, bos_id = -1, eos_id = -1, unk_id = -1;  // -1: the tokenizer has none
-  std::string tokenizer_kind;   // e.g. "sentencepiece-bpe"
+  std::string tokenizer_kind;                                  // e.g. "sentencepiece-bpe"
   std::string tokenizer_model;  // serialized model, the bytes of a SentencePiece .model file
 };
 
@@ -34,7 +34,7 @@ inline int token_bytes(int64_t vocab_size) { return vocab_size <= 65535 ? 2 : 4;
 
 struct WriteOptions {
   int64_t chunk_tokens = int64_t{1} << 16;  // HDF5 chunk length of `tokens` (128 KiB at uint16)
-  int compression = 0;  // gzip level 0-9; 0 keeps random window reads cheapest
+  int compression = 0;                      // gzip level 0-9; 0 keeps random window reads cheapest
 };
 
 // Streams documents into one new file. Not thread-safe; call close() to finish the file (the
@@ -46,8 +46,8 @@ class ShardWriter {
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
 
-  void begin_doc();                              // a document starts at the current token
-  void append(const uint32_t* ids, int64_t n);   // ids < vocab_size (CHECKed)
+  void begin_doc();                             // a document starts at the current token
+  void append(const uint32_t* ids, int64_t n);  // ids < vocab_size (CHECKed)
   int64_t num_tokens() const { return written_ + static_cast<int64_t>(pending_.size()); }
   void close();
 
@@ -58,7 +58,7 @@ class ShardWriter {
   CorpusMeta meta_;
   H5Id file_, tokens_;
   hid_t mem_type_;
-  std::vector<uint32_t> pending_;      // tokens not yet in the file
+  std::vector<uint32_t> pending_;  // tokens not yet in the file
   std::vector<int64_t> doc_offsets_;
   int64_t written_ = 0;
 };
@@ -89,7 +89,7 @@ class ShardReader {
   std::string path_;
   CorpusMeta meta_;
   H5Id file_, tokens_, file_space_;
-  hid_t mem_type_;       // H5T_NATIVE_UINT16 or _UINT32, as stored
+  hid_t mem_type_;  // H5T_NATIVE_UINT16 or _UINT32, as stored
   int elem_bytes_ = 2;
   int64_t num_tokens_ = 0;
   mutable std::vector<uint32_t> buf_;  // raw tokens of the last read (uint16 packed when 2 bytes)
@@ -97,8 +97,8 @@ class ShardReader {
   // than copying a 2 KB window, so windows are pread() from the chunks' file addresses, looked
   // up once per chunk (8 bytes per chunk: 12 MB for 1e11 tokens in 64K-token chunks).
   int fd_ = -1;
-  int64_t chunk_tokens_ = 0;                     // 0: no direct path, every read is an H5Dread
-  mutable std::vector<uint64_t> chunk_addr_;     // 0 = not looked up yet
+  int64_t chunk_tokens_ = 0;                  // 0: no direct path, every read is an H5Dread
+  mutable std::vector<uint64_t> chunk_addr_;  // 0 = not looked up yet
 };
 
 }  // namespace samout::data

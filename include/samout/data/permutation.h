@@ -33,7 +33,7 @@ class FeistelPermutation {
   uint64_t encrypt(uint64_t x) const;
 
   uint64_t n_;
-  int half_bits_;      // each Feistel half holds this many bits; the domain is 2^(2*half_bits_)
+  int half_bits_;  // each Feistel half holds this many bits; the domain is 2^(2*half_bits_)
   uint64_t half_mask_;
   uint64_t round_keys_[kRounds];
 };

@@ -24,8 +24,7 @@ struct TokenizerTrainConfig {
 
 // Trains on `lines` (one sentence each, no "\n") and returns the serialized model. Throws
 // UsageError with SentencePiece's reason when training fails (e.g. vocab_size too large).
-std::string train_tokenizer(const std::vector<std::string>& lines,
-                            const TokenizerTrainConfig& cfg);
+std::string train_tokenizer(const std::vector<std::string>& lines, const TokenizerTrainConfig& cfg);
 
 // A loaded model. Encode and decode are const and safe to call from several threads.
 class Tokenizer {
