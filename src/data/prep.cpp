@@ -59,7 +59,7 @@ void for_each_input_doc(const std::vector<std::string>& files, const PrepConfig&
 }
 
 std::string train_from_inputs(const std::vector<std::string>& files, int64_t total_bytes,
-                              const PrepConfig& cfg) {
+                              const PrepConfig& cfg, int threads) {
   const double rate = std::min(
       1.0, static_cast<double>(cfg.tokenizer_train_bytes) / std::max<int64_t>(1, total_bytes));
   std::vector<std::string> lines;
@@ -79,7 +79,9 @@ std::string train_from_inputs(const std::vector<std::string>& files, int64_t tot
   std::printf("training tokenizer: BPE, vocab %ld, on %zu lines\n",
               static_cast<long>(cfg.train.vocab_size), lines.size());
   std::fflush(stdout);
-  return train_tokenizer(lines, cfg.train);
+  TokenizerTrainConfig train = cfg.train;
+  train.threads = threads;
+  return train_tokenizer(lines, train);
 }
 
 // Moves the finished files from tmp into out, replacing an earlier run's shards.
@@ -106,11 +108,7 @@ PrepResult run_prep(const PrepConfig& cfg) {
 
   std::string model;
   if (cfg.tokenizer.empty()) {
-    TokenizerTrainConfig tc = cfg.train;
-    tc.threads = threads;
-    PrepConfig c = cfg;
-    c.train = tc;
-    model = train_from_inputs(files, result.input_bytes, c);
+    model = train_from_inputs(files, result.input_bytes, cfg, threads);
   }
   const Tokenizer tok = cfg.tokenizer.empty() ? Tokenizer(model, "trained tokenizer")
                                               : Tokenizer::from_file(cfg.tokenizer);
