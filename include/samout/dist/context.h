@@ -1,0 +1,33 @@
+// Distributed start-up in one place: MPI, the rank's place on its node, and its device.
+//
+// `samout_ddp` started without mpirun is a world of one (Open MPI's singleton start), which is the
+// single-GPU and CPU default; under mpirun or `srun --mpi=pmix` every rank gets its own rank.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace samout::dist {
+
+struct DistContext {
+  int rank = 0, world = 1;              // in MPI_COMM_WORLD
+  int local_rank = 0, local_world = 1;  // among the ranks on this node (MPI_COMM_TYPE_SHARED)
+  torch::Device device = torch::kCPU;   // one GPU per local rank, or the CPU
+  std::string host;
+
+  bool is_root() const { return rank == 0; }
+};
+
+// MPI_Init_thread (MPI_THREAD_MULTIPLE: autograd and checkpoint threads may call MPI), local rank,
+// and device choice: "auto" (a GPU when one is visible), "cpu" or "cuda". Throws UsageError when
+// "cuda" is asked for and there is none, or when a node has more ranks than GPUs.
+DistContext init_distributed(int* argc, char*** argv, const std::string& device);
+
+// Blocks until every rank arrives (used at start-up and shutdown only).
+void barrier();
+
+// MPI_Finalize, if MPI was initialised and not yet finalised.
+void finalize_distributed();
+
+}  // namespace samout::dist

@@ -1,0 +1,64 @@
+// Gradient all-reduce in buckets, overlapped with backward (the scheme of PyTorch DDP).
+//
+// Layout. Every parameter becomes a view into one flat fp32 buffer, and its .grad a view into a
+// second flat buffer of the same layout. Parameters are laid out in reverse registration order
+// (head first, embedding last), which is roughly the order backward produces their gradients, and
+// the gradient buffer is cut into buckets of about --bucket_mb. The optimizer then works on the two
+// flat buffers in one pass, and a bucket is one contiguous collective with no packing copy.
+//
+// Overlap. A post-hook on each parameter's AccumulateGrad node counts the gradients a bucket still
+// waits for; on the last micro-step the bucket's all-reduce starts the moment its count reaches
+// zero, while backward goes on with earlier layers. Earlier micro-steps only accumulate locally.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+#include "samout/dist/communicator.h"
+
+namespace samout::dist {
+
+class GradReducer {
+ public:
+  // Moves the parameters' storage into the flat buffer (values kept) and installs the hooks.
+  GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes);
+  ~GradReducer();
+  GradReducer(const GradReducer&) = delete;
+  GradReducer& operator=(const GradReducer&) = delete;
+
+  // Zeroes the flat gradient buffer; call before the first micro-step of a step.
+  void zero_grad();
+  // Call before each backward. `sync`: this is the step's last micro-step, so buckets all-reduce.
+  void begin_backward(bool sync);
+  // After the last backward: starts any bucket still waiting, and waits for all of them (the
+  // host-side wait is returned in seconds). Afterwards the gradients hold the sums over ranks.
+  double finish();
+
+  // Rank 0's values become everyone's (at start-up, so all ranks begin from the same weights).
+  void broadcast_params(int root = 0);
+
+  torch::Tensor flat_params() const { return flat_params_; }
+  torch::Tensor flat_grads() const { return flat_grads_; }
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    int64_t begin = 0, end = 0;  // range in the flat buffers
+    int64_t num_params = 0;
+    int64_t waiting = 0;         // gradients not yet produced in the current backward
+    bool launched = false;
+  };
+  void on_grad_ready(int64_t bucket);
+  void launch(Bucket& b);
+
+  Communicator& comm_;
+  std::vector<torch::Tensor> params_;
+  torch::Tensor flat_params_, flat_grads_;
+  std::vector<Bucket> buckets_;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keeps the hooked nodes alive
+  bool sync_ = true;
+};
+
+}  // namespace samout::dist

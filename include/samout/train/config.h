@@ -1,0 +1,58 @@
+// Everything that shapes a training run, filled from the command line in one place (flags.cpp)
+// and passed down; nothing deeper reads a flag.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "samout/model/config.h"
+
+namespace samout::train {
+
+struct TrainConfig {
+  model::ModelConfig model;  // vocab_size 0 = take the corpus's
+  int64_t seq_len = 50;      // T: tokens predicted per sequence
+
+  // Data
+  std::string data = "random:0";  // glob of HDF5 shards, or random:SEED
+  std::string val_data;           // "" = no evaluation
+  int prefetch = 4;
+
+  // Batch: batch_size is the global batch in sequences, the same at every world size;
+  // micro_batch is per rank (0 = batch_size / world, no accumulation).
+  int64_t batch_size = 32;
+  int64_t micro_batch = 0;
+
+  // Budget: steps, or tokens (when set, it replaces steps: ceil(tokens / (batch_size * seq_len))).
+  int64_t steps = 100;
+  int64_t tokens = 0;
+
+  // Optimizer and schedule
+  std::string optimizer = "adam";  // adam (the seed's) | adamw
+  double lr = 1e-3, min_lr = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  std::string lr_schedule = "constant";  // constant | cosine (after warmup)
+  int64_t warmup_steps = 0;
+  double grad_clip = 0.0;  // max global grad norm; 0 = off
+
+  // Run
+  uint64_t seed = 0;
+  std::string device = "auto";
+  std::string precision = "fp32";  // fp32 | bf16 (autocast, GPU only)
+  int threads = 0;                 // intra-op threads per rank; 0 = cores / ranks on the node
+  int64_t log_every = 10;
+  std::string metrics_file;
+  int64_t eval_every = 0;  // 0 = only at the end (when val_data is set)
+  int64_t eval_batches = 8;
+  double peak_tflops = 0;  // for MFU; 0 = pick by device (H100 dense bf16/tf32) or omit on CPU
+
+  // Weights in and out (HDF5 with SPEC.md's names; see ckpt/weights_file.h)
+  std::string init_from;     // initial weights instead of the seeded initialisation
+  std::string save_weights;  // final weights, written by rank 0
+
+  // Communication
+  int64_t bucket_mb = 25;
+  double comm_timeout_s = 300;
+};
+
+}  // namespace samout::train

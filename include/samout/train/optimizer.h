@@ -1,0 +1,40 @@
+// Adam and AdamW over the flat parameter and gradient buffers (dist/grad_reducer.h), in one fused,
+// multi-threaded pass: each element's parameter, gradient and two moments are read and written
+// once per step, where a per-tensor optimizer walks the model's ~100 tensors with ~10 ATen ops each.
+// The math is PyTorch's torch.optim.Adam / AdamW (foreach=False), so runs compare with the seed's.
+//
+// The state covers a range [begin, end) of the flat buffer, which is what ZeRO-1 will shard.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace samout::train {
+
+struct AdamOptions {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  bool decoupled = false;  // AdamW: p *= 1 - lr*wd before the update; Adam: g += wd*p
+};
+
+class FlatAdam {
+ public:
+  FlatAdam(torch::Tensor params, torch::Tensor grads, AdamOptions opts);
+  // One update with learning rate `lr`. Increments the step count.
+  void step(double lr);
+  int64_t steps_taken() const { return step_; }
+  torch::Tensor exp_avg() const { return exp_avg_; }
+  torch::Tensor exp_avg_sq() const { return exp_avg_sq_; }
+
+ private:
+  torch::Tensor params_, grads_, exp_avg_, exp_avg_sq_;
+  AdamOptions opts_;
+  int64_t step_ = 0;
+};
+
+// Learning rate at `step` (0-based): linear warmup to `lr` over `warmup` steps, then constant or
+// cosine decay to `min_lr` at `total` steps.
+double learning_rate(int64_t step, int64_t total, double lr, double min_lr, int64_t warmup,
+                     const std::string& schedule);
+
+}  // namespace samout::train

@@ -1,0 +1,87 @@
+#include "samout/dist/grad_reducer.h"
+
+#include <glog/logging.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+
+#include <algorithm>
+
+namespace samout::dist {
+
+GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes)
+    : comm_(comm), params_(std::move(params)) {
+  CHECK(!params_.empty());
+  std::reverse(params_.begin(), params_.end());  // backward meets the head first
+  int64_t total = 0;
+  for (const auto& p : params_) total += p.numel();
+  const auto opts = params_[0].options().dtype(torch::kFloat32);
+  flat_params_ = torch::empty({total}, opts);
+  flat_grads_ = torch::zeros({total}, opts);
+
+  const int64_t bucket_elems = std::max<int64_t>(1, bucket_bytes / 4);
+  int64_t offset = 0;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto& p = params_[i];
+    const int64_t n = p.numel();
+    if (buckets_.empty() || buckets_.back().end - buckets_.back().begin >= bucket_elems)
+      buckets_.push_back(Bucket{offset, offset, 0, 0, false});
+    Bucket& b = buckets_.back();
+    b.end = offset + n;
+    ++b.num_params;
+
+    auto pview = flat_params_.narrow(0, offset, n).view(p.sizes());
+    pview.copy_(p);
+    p.set_data(pview);  // the module's parameter now lives in the flat buffer
+    p.mutable_grad() = flat_grads_.narrow(0, offset, n).view(p.sizes());
+    offset += n;
+
+    // AccumulateGrad adds into the existing .grad in place (it is defined and backward runs
+    // without grad mode), so after this hook the bucket's range holds the parameter's gradient.
+    const int64_t bucket = static_cast<int64_t>(buckets_.size()) - 1;
+    auto acc = torch::autograd::impl::grad_accumulator(p);
+    acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [this, bucket](const torch::autograd::variable_list& outputs,
+                       const torch::autograd::variable_list&) {
+          on_grad_ready(bucket);
+          return outputs;
+        }));
+    accumulators_.push_back(std::move(acc));
+  }
+  LOG(INFO) << "gradient buckets: " << buckets_.size() << " over " << total << " parameters";
+}
+
+GradReducer::~GradReducer() = default;
+
+void GradReducer::zero_grad() { flat_grads_.zero_(); }
+
+void GradReducer::begin_backward(bool sync) {
+  sync_ = sync;
+  for (auto& b : buckets_) {
+    b.waiting = b.num_params;
+    b.launched = false;
+  }
+}
+
+void GradReducer::on_grad_ready(int64_t bucket) {
+  Bucket& b = buckets_[bucket];
+  if (--b.waiting == 0 && sync_) launch(b);
+  if (sync_) comm_.progress();
+}
+
+void GradReducer::launch(Bucket& b) {
+  b.launched = true;
+  comm_.allreduce_sum_async(flat_grads_.narrow(0, b.begin, b.end - b.begin));
+}
+
+double GradReducer::finish() {
+  for (auto& b : buckets_)
+    if (!b.launched) launch(b);  // a parameter that got no gradient must not stall the step
+  return comm_.wait_all();
+}
+
+void GradReducer::broadcast_params(int root) {
+  torch::NoGradGuard no_grad;
+  comm_.broadcast(flat_params_, root);
+}
+
+}  // namespace samout::dist

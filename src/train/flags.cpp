@@ -1,0 +1,121 @@
+// samout_ddp's flags. Names are a contract with scripts and users (see the trainer issue).
+#include "samout/train/flags.h"
+
+#include <gflags/gflags.h>
+
+#include "samout/common/error.h"
+
+// ---- model
+DEFINE_int64(vocab_size, 0, "vocabulary size; 0 = the corpus's (required for random: data)");
+DEFINE_int64(hidden, 512, "hidden size d");
+DEFINE_int64(layers, 8, "decoder layers L");
+DEFINE_int64(heads, 8, "heads h (must divide hidden)");
+DEFINE_int64(seq_len, 50, "tokens predicted per sequence (windows hold seq_len+1 tokens)");
+DEFINE_string(gate, "auto", "cummax_gate implementation: auto | fused | composite");
+// ---- data
+DEFINE_string(data, "random:0", "training data: a glob of HDF5 shards, or random:SEED");
+DEFINE_string(val_data, "", "validation data (glob); empty = no evaluation");
+DEFINE_int32(prefetch, 4, "batches the loader reads ahead in a background thread");
+// ---- run
+DEFINE_int64(batch_size, 32, "global batch in sequences (the same at every world size)");
+DEFINE_int64(micro_batch, 0, "sequences per rank per micro-step; 0 = batch_size/world");
+DEFINE_int64(steps, 100, "optimizer steps to run");
+DEFINE_int64(tokens, 0, "token budget; when set, steps = ceil(tokens / (batch_size*seq_len))");
+DEFINE_double(lr, 1e-3, "peak learning rate");
+DEFINE_double(min_lr, 0.0, "final learning rate of the cosine schedule");
+DEFINE_string(lr_schedule, "constant", "constant | cosine (both after --warmup_steps)");
+DEFINE_int64(warmup_steps, 0, "linear warmup steps");
+DEFINE_string(optimizer, "adam", "adam (the seed's) | adamw");
+DEFINE_double(beta1, 0.9, "Adam beta1");
+DEFINE_double(beta2, 0.999, "Adam beta2");
+DEFINE_double(eps, 1e-8, "Adam epsilon");
+DEFINE_double(weight_decay, 0.0, "L2 penalty (adam) or decoupled decay (adamw)");
+DEFINE_double(grad_clip, 0.0, "clip gradients to this global norm; 0 = off");
+DEFINE_uint64(seed, 0, "seed of the initial weights and of the data shuffle");
+DEFINE_string(device, "auto", "auto | cpu | cuda");
+DEFINE_string(precision, "fp32", "fp32 | bf16 (autocast; GPU only)");
+DEFINE_int32(threads, 0, "intra-op threads per rank; 0 = cores / ranks on the node");
+DEFINE_int64(log_every, 10, "log a line every N steps");
+DEFINE_string(metrics_file, "", "JSONL file of per-step metrics (rank 0 writes it)");
+DEFINE_int64(eval_every, 0, "evaluate every N steps (0 = at the end only)");
+DEFINE_int64(eval_batches, 8, "global batches per evaluation");
+DEFINE_double(peak_tflops, 0, "peak TFLOP/s per device for MFU; 0 = H100 figures on GPU");
+DEFINE_string(init_from, "", "HDF5 weights file (SPEC.md names) to start from");
+DEFINE_string(save_weights, "", "write the final weights here (HDF5, SPEC.md names; rank 0)");
+// ---- communication
+DEFINE_int64(bucket_mb, 25, "gradient bucket size in MB");
+DEFINE_double(comm_timeout_s, 300, "seconds a collective may take before the job is aborted");
+
+namespace samout::train {
+
+TrainConfig config_from_flags() {
+  TrainConfig c;
+  c.model.vocab_size = FLAGS_vocab_size;
+  c.model.hidden = FLAGS_hidden;
+  c.model.layers = FLAGS_layers;
+  c.model.heads = FLAGS_heads;
+  c.model.gate = ops::parse_gate_impl(FLAGS_gate);
+  c.seq_len = FLAGS_seq_len;
+  c.data = FLAGS_data;
+  c.val_data = FLAGS_val_data;
+  c.prefetch = FLAGS_prefetch;
+  c.batch_size = FLAGS_batch_size;
+  c.micro_batch = FLAGS_micro_batch;
+  c.steps = FLAGS_steps;
+  c.tokens = FLAGS_tokens;
+  c.lr = FLAGS_lr;
+  c.min_lr = FLAGS_min_lr;
+  c.lr_schedule = FLAGS_lr_schedule;
+  c.warmup_steps = FLAGS_warmup_steps;
+  c.optimizer = FLAGS_optimizer;
+  c.beta1 = FLAGS_beta1;
+  c.beta2 = FLAGS_beta2;
+  c.eps = FLAGS_eps;
+  c.weight_decay = FLAGS_weight_decay;
+  c.grad_clip = FLAGS_grad_clip;
+  c.seed = FLAGS_seed;
+  c.device = FLAGS_device;
+  c.precision = FLAGS_precision;
+  c.threads = FLAGS_threads;
+  c.log_every = FLAGS_log_every;
+  c.metrics_file = FLAGS_metrics_file;
+  c.eval_every = FLAGS_eval_every;
+  c.eval_batches = FLAGS_eval_batches;
+  c.peak_tflops = FLAGS_peak_tflops;
+  c.init_from = FLAGS_init_from;
+  c.save_weights = FLAGS_save_weights;
+  c.bucket_mb = FLAGS_bucket_mb;
+  c.comm_timeout_s = FLAGS_comm_timeout_s;
+
+  auto positive = [](int64_t v, const char* name) {
+    require(v > 0, std::string("--") + name + " must be positive, got " + std::to_string(v));
+  };
+  require(c.model.vocab_size >= 0, "--vocab_size must be >= 0, got " + std::to_string(c.model.vocab_size));
+  positive(c.model.hidden, "hidden");
+  positive(c.model.layers, "layers");
+  positive(c.model.heads, "heads");
+  require(c.model.hidden % c.model.heads == 0,
+          "--hidden=" + std::to_string(c.model.hidden) + " is not divisible by --heads=" +
+              std::to_string(c.model.heads));
+  positive(c.seq_len, "seq_len");
+  positive(c.batch_size, "batch_size");
+  require(c.micro_batch >= 0, "--micro_batch must be >= 0, got " + std::to_string(c.micro_batch));
+  require(c.steps >= 0 && c.tokens >= 0, "--steps and --tokens must be >= 0");
+  require(c.lr > 0, "--lr must be positive, got " + std::to_string(c.lr));
+  require(c.lr_schedule == "constant" || c.lr_schedule == "cosine",
+          "--lr_schedule must be constant or cosine, got '" + c.lr_schedule + "'");
+  require(c.optimizer == "adam" || c.optimizer == "adamw",
+          "--optimizer must be adam or adamw, got '" + c.optimizer + "'");
+  require(c.precision == "fp32" || c.precision == "bf16",
+          "--precision must be fp32 or bf16, got '" + c.precision + "'");
+  positive(c.log_every, "log_every");
+  positive(c.bucket_mb, "bucket_mb");
+  require(c.prefetch >= 0, "--prefetch must be >= 0");
+  if (c.tokens > 0) {
+    const int64_t per_step = c.batch_size * c.seq_len;
+    c.steps = (c.tokens + per_step - 1) / per_step;
+  }
+  return c;
+}
+
+}  // namespace samout::train

@@ -1,0 +1,344 @@
+#include "samout/train/trainer.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <glog/logging.h>
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <thread>
+
+#include "samout/ckpt/weights_file.h"
+#include "samout/common/error.h"
+#include "samout/data/loader.h"
+#include "samout/dist/checks.h"
+#include "samout/dist/communicator.h"
+#include "samout/dist/grad_reducer.h"
+#include "samout/model/samout.h"
+#include "samout/train/metrics.h"
+#include "samout/train/optimizer.h"
+
+namespace samout::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// RAII bf16 autocast for the forward pass (GPU only; checked at setup).
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool on) : on_(on) {
+    if (!on_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  }
+  ~AutocastScope() {
+    if (!on_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool on_;
+};
+
+class Trainer {
+ public:
+  Trainer(TrainConfig cfg, const dist::DistContext& ctx) : cfg_(std::move(cfg)), ctx_(ctx) {}
+
+  // Everything that can fail because of the user's input happens here, before any collective.
+  void setup() {
+    const int64_t G = cfg_.batch_size, W = ctx_.world;
+    require(G % W == 0, "--batch_size=" + std::to_string(G) + " is not divisible by the world size " +
+                            std::to_string(W));
+    local_rows_ = G / W;
+    micro_ = cfg_.micro_batch > 0 ? cfg_.micro_batch : local_rows_;
+    require(local_rows_ % micro_ == 0,
+            "--batch_size=" + std::to_string(G) + " is not divisible by world size " +
+                std::to_string(W) + " x --micro_batch=" + std::to_string(micro_));
+    accum_ = local_rows_ / micro_;
+    require(cfg_.precision != "bf16" || ctx_.device.is_cuda(),
+            "--precision=bf16 is not supported on the CPU; use --precision=fp32 or a GPU");
+    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(cfg_.threads > 0 ? cfg_.threads : std::max(1, hw / ctx_.local_world));
+
+    data::LoaderConfig lc;
+    lc.spec = cfg_.data;
+    lc.seq_len = cfg_.seq_len;
+    lc.global_batch = G;
+    lc.rank = ctx_.rank;
+    lc.world = ctx_.world;
+    lc.seed = cfg_.seed;
+    lc.prefetch = cfg_.prefetch;
+    lc.vocab_size = cfg_.model.vocab_size;
+    loader_ = data::Loader::open(lc);
+    if (cfg_.model.vocab_size == 0) cfg_.model.vocab_size = loader_->vocab_size();
+    require(cfg_.model.vocab_size == loader_->vocab_size(),
+            "--vocab_size=" + std::to_string(cfg_.model.vocab_size) + " does not match the corpus " +
+                cfg_.data + " (vocabulary " + std::to_string(loader_->vocab_size()) + ")");
+    cfg_.model.pad_id = loader_->pad_id();
+    if (!cfg_.val_data.empty()) {
+      lc.spec = cfg_.val_data;
+      lc.prefetch = 0;
+      lc.vocab_size = cfg_.model.vocab_size;
+      val_loader_ = data::Loader::open(lc);
+      eval_batches_ = std::min<int64_t>(cfg_.eval_batches, val_loader_->steps_per_epoch());
+    }
+    cfg_.model.validate();
+
+    torch::manual_seed(cfg_.seed);
+    model_ = model::SamOut(cfg_.model);
+    if (!cfg_.init_from.empty())
+      ckpt::load_into(*model_, ckpt::read_weights(cfg_.init_from), cfg_.init_from);
+    model_->to(ctx_.device);
+    model_->set_check_tokens(false);  // the loader has checked every id against the vocabulary
+    if (ctx_.is_root() && !cfg_.save_weights.empty()) {
+      // Fail now, not after hours of training, when the output cannot be written.
+      std::FILE* f = std::fopen((cfg_.save_weights + ".tmp").c_str(), "w");
+      require(f != nullptr, "--save_weights: cannot write " + cfg_.save_weights);
+      std::fclose(f);
+      std::remove((cfg_.save_weights + ".tmp").c_str());
+    }
+    metrics_ = std::make_unique<MetricsFile>(ctx_.is_root() ? cfg_.metrics_file : "");
+  }
+
+  // Collectives start here: every rank passed setup().
+  void connect() {
+    comm_ = dist::make_communicator(ctx_, cfg_.comm_timeout_s);
+    std::vector<torch::Tensor> params;
+    for (auto& p : model_->parameters()) params.push_back(p);
+    reducer_ = std::make_unique<dist::GradReducer>(params, *comm_, cfg_.bucket_mb << 20);
+    reducer_->broadcast_params(0);  // every rank starts from rank 0's weights
+    AdamOptions ao;
+    ao.beta1 = cfg_.beta1;
+    ao.beta2 = cfg_.beta2;
+    ao.eps = cfg_.eps;
+    ao.weight_decay = cfg_.weight_decay;
+    ao.decoupled = cfg_.optimizer == "adamw";
+    optimizer_ = std::make_unique<FlatAdam>(reducer_->flat_params(), reducer_->flat_grads(), ao);
+    LOG_IF(INFO, ctx_.is_root())
+        << cfg_.model.describe() << ", " << cfg_.model.num_parameters() << " parameters; world "
+        << ctx_.world << " on " << ctx_.device << ", global batch " << cfg_.batch_size << " x "
+        << cfg_.seq_len << " tokens, " << accum_ << " micro-step(s) of " << micro_ << " per rank, "
+        << at::get_num_threads() << " threads per rank, " << reducer_->num_buckets()
+        << " gradient buckets, " << cfg_.steps << " steps";
+  }
+
+  void train() {
+    const int64_t G = cfg_.batch_size, T = cfg_.seq_len;
+    const int64_t tokens_per_step = G * T;
+    const bool bf16 = cfg_.precision == "bf16";
+    const auto dev = ctx_.device;
+    // Loss sum and target count since the last log line, kept on the device (no per-step sync).
+    auto loss_acc = torch::zeros({2}, torch::TensorOptions().dtype(torch::kDouble).device(dev));
+    double t_data = 0, t_compute = 0, t_comm = 0, t_opt = 0;
+    int64_t steps_since_log = 0;
+    const auto start = Clock::now();
+    auto window_start = start;
+
+    for (int64_t step = 0; step < cfg_.steps; ++step) {
+      auto t0 = Clock::now();
+      data::Batch batch = loader_->next();
+      auto tokens = torch::from_blob(batch.tokens.data(), {batch.rows, batch.cols}, torch::kInt32)
+                        .to(torch::kLong)
+                        .to(dev, /*non_blocking=*/true);
+      auto t1 = Clock::now();
+      t_data += std::chrono::duration<double>(t1 - t0).count();
+
+      reducer_->zero_grad();
+      for (int64_t m = 0; m < accum_; ++m) {
+        auto x = tokens.slice(0, m * micro_, (m + 1) * micro_);
+        auto inputs = x.slice(1, 0, T), targets = x.slice(1, 1, T + 1);
+        reducer_->begin_backward(/*sync=*/m == accum_ - 1);
+        torch::Tensor loss_sum;
+        {
+          AutocastScope autocast(bf16);
+          auto logits = model_->forward(inputs);
+          loss_sum = token_loss_sum(logits.to(torch::kFloat32), targets);
+        }
+        (loss_sum / static_cast<double>(tokens_per_step)).backward();
+        loss_acc[0] += loss_sum.detach().to(torch::kDouble);
+        loss_acc[1] += count_targets(targets);
+      }
+      auto t2 = Clock::now();
+      t_compute += std::chrono::duration<double>(t2 - t1).count();
+      t_comm += reducer_->finish();
+      auto t3 = Clock::now();
+
+      torch::NoGradGuard no_grad;
+      auto flat_grads = reducer_->flat_grads();
+      auto gnorm = flat_grads.norm();
+      if (cfg_.grad_clip > 0)
+        flat_grads.mul_(torch::clamp_max(cfg_.grad_clip / (gnorm + 1e-6), 1.0));
+      const double lr = learning_rate(step, cfg_.steps, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps,
+                                      cfg_.lr_schedule);
+      optimizer_->step(lr);
+      t_opt += seconds_since(t3);
+      ++steps_since_log;
+      tokens_done_ += tokens_per_step;
+
+      const bool last = step + 1 == cfg_.steps;
+      if ((step + 1) % cfg_.log_every == 0 || last) {
+        auto totals = sum_over_ranks(loss_acc);  // syncs the device: the timings below are real
+        const double loss = totals[0].item<double>() / std::max(1.0, totals[1].item<double>());
+        const double elapsed = seconds_since(window_start);
+        const double tps = steps_since_log * tokens_per_step / elapsed;
+        const double per = 1000.0 / steps_since_log;
+        const double eta = (cfg_.steps - step - 1) * elapsed / steps_since_log;
+        const double mfu = mfu_of(tps);
+        JsonLine j;
+        j.add("step", step + 1).add("loss", loss).add("lr", lr).add("grad_norm", gnorm.item<double>());
+        j.add("tokens_per_s", tps).add("tokens_per_s_per_rank", tps / ctx_.world);
+        j.add("step_ms", elapsed * per).add("data_ms", t_data * per).add("compute_ms", t_compute * per);
+        j.add("comm_wait_ms", t_comm * per).add("optimizer_ms", t_opt * per);
+        if (mfu > 0) j.add("mfu", mfu);
+        j.add("tokens", tokens_done_).add("eta_s", eta);
+        metrics_->write(j);
+        if (ctx_.is_root()) {
+          char line[512];
+          std::snprintf(line, sizeof(line),
+                        "step %lld/%lld | loss %.4f | lr %.3g | gnorm %.3f | %.0f tok/s (%.0f/rank) | "
+                        "%.1f ms/step: data %.1f, compute %.1f, comm wait %.1f, optim %.1f%s | ETA %s",
+                        static_cast<long long>(step + 1), static_cast<long long>(cfg_.steps), loss, lr,
+                        gnorm.item<double>(), tps, tps / ctx_.world, elapsed * per, t_data * per,
+                        t_compute * per, t_comm * per, t_opt * per,
+                        mfu > 0 ? (" | MFU " + std::to_string(100 * mfu).substr(0, 4) + "%").c_str() : "",
+                        format_duration(eta).c_str());
+          LOG(INFO) << line;
+        }
+        loss_acc.zero_();
+        t_data = t_compute = t_comm = t_opt = 0;
+        steps_since_log = 0;
+        window_start = Clock::now();
+      }
+      if (val_loader_ && ((cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0) || last))
+        evaluate(step + 1);
+    }
+    const double wall = seconds_since(start);
+    JsonLine fin;
+    fin.add("final", true).add("steps", cfg_.steps).add("tokens", tokens_done_);
+    fin.add("wall_s", wall).add("mean_tokens_per_s", tokens_done_ / std::max(wall, 1e-9));
+    metrics_->write(fin);
+    LOG_IF(INFO, ctx_.is_root()) << "done: " << cfg_.steps << " steps, " << tokens_done_
+                                 << " tokens in " << format_duration(wall) << ", mean "
+                                 << static_cast<int64_t>(tokens_done_ / std::max(wall, 1e-9))
+                                 << " tokens/s";
+    if (ctx_.is_root() && !cfg_.save_weights.empty()) {
+      ckpt::write_weights(cfg_.save_weights, model_->named_parameters());
+      LOG(INFO) << "weights written to " << cfg_.save_weights;
+    }
+  }
+
+ private:
+  // Sum of the next-token cross entropy over the targets that are not padding.
+  torch::Tensor token_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets) const {
+    namespace F = torch::nn::functional;
+    const int64_t V = logits.size(-1);
+    return F::cross_entropy(logits.reshape({-1, V}), targets.reshape({-1}),
+                            F::CrossEntropyFuncOptions()
+                                .ignore_index(cfg_.model.pad_id >= 0 ? cfg_.model.pad_id : -100)
+                                .reduction(torch::kSum));
+  }
+
+  torch::Tensor count_targets(const torch::Tensor& targets) const {
+    if (cfg_.model.pad_id < 0) return torch::full({}, static_cast<double>(targets.numel()));
+    return targets.ne(cfg_.model.pad_id).sum().to(torch::kDouble);
+  }
+
+  // Model FLOPs utilisation: 6 N FLOPs per token (forward + backward) against the device's peak.
+  double mfu_of(double tokens_per_s) const {
+    double peak = cfg_.peak_tflops;
+    if (peak <= 0 && ctx_.device.is_cuda()) peak = cfg_.precision == "bf16" ? 989.0 : 494.5;  // H100 SXM
+    if (peak <= 0) return 0;
+    return 6.0 * cfg_.model.num_parameters() * tokens_per_s / ctx_.world / (peak * 1e12);
+  }
+
+  void evaluate(int64_t step) {
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    val_loader_->seek({0, 0});  // the same batches every time, so evaluations compare
+    auto acc = torch::zeros({2}, torch::kDouble);
+    for (int64_t i = 0; i < eval_batches_; ++i) {
+      data::Batch b = val_loader_->next();
+      auto tokens = torch::from_blob(b.tokens.data(), {b.rows, b.cols}, torch::kInt32)
+                        .to(torch::kLong)
+                        .to(ctx_.device);
+      auto inputs = tokens.slice(1, 0, cfg_.seq_len), targets = tokens.slice(1, 1, cfg_.seq_len + 1);
+      AutocastScope autocast(cfg_.precision == "bf16");
+      auto logits = model_->forward(inputs).to(torch::kFloat32);
+      acc[0] += token_loss_sum(logits, targets).cpu().to(torch::kDouble);
+      acc[1] += count_targets(targets).cpu();
+    }
+    model_->train();
+    acc = sum_over_ranks(acc);
+    const double val_loss = acc[0].item<double>() / std::max(1.0, acc[1].item<double>());
+    JsonLine j;
+    j.add("step", step).add("val_loss", val_loss).add("val_batches", eval_batches_);
+    metrics_->write(j);
+    LOG_IF(INFO, ctx_.is_root()) << "step " << step << " | val loss " << val_loss << " over "
+                                 << eval_batches_ << " batches";
+  }
+
+  // A small tensor's sum over ranks, returned on the host (the collective runs on the device the
+  // communicator serves). Works on a copy: the argument is left as it was.
+  torch::Tensor sum_over_ranks(const torch::Tensor& t) {
+    auto dev = t.to(ctx_.device, /*non_blocking=*/false, /*copy=*/true).contiguous();
+    comm_->allreduce_sum(dev);
+    return dev.cpu();
+  }
+
+  TrainConfig cfg_;
+  const dist::DistContext& ctx_;
+  int64_t local_rows_ = 0, micro_ = 0, accum_ = 1, eval_batches_ = 0, tokens_done_ = 0;
+  std::unique_ptr<data::Loader> loader_, val_loader_;
+  model::SamOut model_{nullptr};
+  std::unique_ptr<MetricsFile> metrics_;
+  std::unique_ptr<dist::Communicator> comm_;
+  std::unique_ptr<dist::GradReducer> reducer_;
+  std::unique_ptr<FlatAdam> optimizer_;
+};
+
+}  // namespace
+
+int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
+  Trainer trainer(std::move(cfg), ctx);
+  // Setup errors are the user's; agree across ranks before any collective so that a bad flag or
+  // file makes every rank exit 2, instead of leaving the healthy ranks waiting for the failed one.
+  // Rank 0 prints its error; another rank prints its own only when rank 0's setup went well (a
+  // file missing on one node), so a bad flag gives exactly one line however many ranks there are.
+  int status = kExitOk;
+  std::string error;
+  try {
+    trainer.setup();
+  } catch (const UsageError& e) {
+    status = kExitUsage;
+    error = e.what();
+  }
+  int worst = status, root_status = status;
+  SAMOUT_MPI_CHECK(MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  SAMOUT_MPI_CHECK(MPI_Bcast(&root_status, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  if (worst != kExitOk) {
+    if (ctx.is_root() && status != kExitOk) {
+      std::fprintf(stderr, "samout_ddp: error: %s\n", error.c_str());
+    } else if (!ctx.is_root() && status != kExitOk && root_status == kExitOk) {
+      std::fprintf(stderr, "samout_ddp: error: rank %d: %s\n", ctx.rank, error.c_str());
+    }
+    return worst;
+  }
+  try {
+    trainer.connect();
+    trainer.train();
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    dist::abort_job("training failed: " + what.substr(0, what.find('\n')));
+  }
+  return kExitOk;
+}
+
+}  // namespace samout::train
