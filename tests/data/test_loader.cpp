@@ -96,8 +96,13 @@ TEST_F(LoaderTest, LeftoverWindowsAreDroppedNotRepeated) {
   EXPECT_EQ(l->windows_per_epoch(), windows);
   EXPECT_EQ(l->steps_per_epoch(), 3);
   std::set<int64_t> seen;
-  for (int s = 0; s < 3; ++s)
-    for (int64_t w : l->next().windows) EXPECT_TRUE(seen.insert(w).second) << w;
+  for (int s = 0; s < 3; ++s) {
+    const Batch b = l->next();
+    for (int64_t i = 0; i < b.rows; ++i) {
+      EXPECT_TRUE(seen.insert(b.windows[i]).second) << b.windows[i];
+      EXPECT_EQ(l->window_at(b.cursor, kG / 3 + i), b.windows[i]);  // rank 1 of 3: rows 8..15
+    }
+  }
   EXPECT_EQ(seen.size(), 3u * kG / 3);
   EXPECT_EQ(l->cursor(), (Cursor{1, 0}));
 }
