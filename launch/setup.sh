@@ -16,7 +16,7 @@ PY_PACKAGES=("torch==${TORCH_VERSION}" "numpy" "h5py" "matplotlib" "sentencepiec
 APT_PACKAGES=(build-essential cmake pkg-config python3 python3-venv
   openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
   libgflags-dev libgoogle-glog-dev libgtest-dev
-  libsentencepiece-dev sentencepiece
+  libsentencepiece-dev sentencepiece libxxhash-dev nlohmann-json3-dev
   fortunes fortunes-zh)
 
 missing=()

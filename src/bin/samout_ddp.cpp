@@ -16,13 +16,16 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
 
-  samout::dist::DistContext ctx;
-  const int rc = samout::run_program("samout_ddp", [&] {
-    auto cfg = samout::train::config_from_flags();
-    ctx = samout::dist::init_distributed(&argc, &argv, cfg.device);
-    if (!ctx.is_root()) FLAGS_minloglevel = google::GLOG_WARNING;  // rank 0 speaks for the job
-    return samout::train::run_training(cfg, ctx);
-  });
+  auto ctx = samout::dist::init_distributed(&argc, &argv);
+  if (!ctx.is_root()) FLAGS_minloglevel = google::GLOG_WARNING;  // rank 0 speaks for the job
+  const int rc = samout::run_program(
+      "samout_ddp",
+      [&] {
+        auto cfg = samout::train::config_from_flags();
+        samout::dist::select_device(ctx, cfg.device);
+        return samout::train::run_training(cfg, ctx);
+      },
+      /*report_usage=*/ctx.is_root());
   samout::dist::finalize_distributed();
   return rc;
 }

@@ -15,11 +15,11 @@ std::string first_line(const char* what) {
 }
 }  // namespace
 
-int run_program(const char* program, const std::function<int()>& body) {
+int run_program(const char* program, const std::function<int()>& body, bool report_usage) {
   try {
     return body();
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program, first_line(e.what()).c_str());
+    if (report_usage) std::fprintf(stderr, "%s: error: %s\n", program, first_line(e.what()).c_str());
     return kExitUsage;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: fatal: %s\n", program, first_line(e.what()).c_str());

@@ -33,7 +33,7 @@ std::string g_host = "?";
   abort_job(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " + error);
 }
 
-DistContext init_distributed(int* argc, char*** argv, const std::string& device) {
+DistContext init_distributed(int* argc, char*** argv) {
   DistContext ctx;
   int provided = 0;
   SAMOUT_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
@@ -52,7 +52,10 @@ DistContext init_distributed(int* argc, char*** argv, const std::string& device)
   ctx.host = host;
   g_rank = ctx.rank;
   g_host = ctx.host;
+  return ctx;
+}
 
+void select_device(DistContext& ctx, const std::string& device) {
   require(device == "auto" || device == "cpu" || device == "cuda",
           "--device must be auto, cpu or cuda, got '" + device + "'");
   const int64_t gpus = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
@@ -65,7 +68,6 @@ DistContext init_distributed(int* argc, char*** argv, const std::string& device)
     c10::cuda::set_device(ctx.local_rank);  // cudaSetDevice: every later CUDA call lands here
 #endif
   }
-  return ctx;
 }
 
 void barrier() { SAMOUT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }

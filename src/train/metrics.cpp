@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "samout/common/error.h"
 
@@ -50,6 +51,9 @@ std::string JsonLine::str() const {
 
 MetricsFile::MetricsFile(const std::string& path) {
   if (path.empty()) return;
+  std::error_code ec;  // a missing run folder is made; failing that, fopen reports the problem
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   f_ = std::fopen(path.c_str(), "a");
   require(f_ != nullptr, "--metrics_file: cannot open " + path + " for writing");
 }

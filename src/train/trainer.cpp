@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <thread>
 
@@ -100,6 +101,9 @@ class Trainer {
     model_->set_check_tokens(false);  // the loader has checked every id against the vocabulary
     if (ctx_.is_root() && !cfg_.save_weights.empty()) {
       // Fail now, not after hours of training, when the output cannot be written.
+      std::error_code ec;
+      const auto parent = std::filesystem::path(cfg_.save_weights).parent_path();
+      if (!parent.empty()) std::filesystem::create_directories(parent, ec);
       std::FILE* f = std::fopen((cfg_.save_weights + ".tmp").c_str(), "w");
       require(f != nullptr, "--save_weights: cannot write " + cfg_.save_weights);
       std::fclose(f);

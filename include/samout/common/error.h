@@ -29,7 +29,8 @@ inline void require(bool cond, const std::string& message) {
 
 // Runs `body` and maps exceptions to exit codes: UsageError (and c10::Error raised while validating
 // user input through require-style TORCH_CHECKs) -> one line on stderr, exit 2; anything else ->
-// one line, exit 1. `program` prefixes the message.
-int run_program(const char* program, const std::function<int()>& body);
+// one line, exit 1. `program` prefixes the message. In a multi-rank job every rank meets the same
+// flag errors; only rank 0 reports them (report_usage = false elsewhere), so the user sees one line.
+int run_program(const char* program, const std::function<int()>& body, bool report_usage = true);
 
 }  // namespace samout

@@ -19,10 +19,14 @@ struct DistContext {
   bool is_root() const { return rank == 0; }
 };
 
-// MPI_Init_thread (MPI_THREAD_MULTIPLE: autograd and checkpoint threads may call MPI), local rank,
-// and device choice: "auto" (a GPU when one is visible), "cpu" or "cuda". Throws UsageError when
-// "cuda" is asked for and there is none, or when a node has more ranks than GPUs.
-DistContext init_distributed(int* argc, char*** argv, const std::string& device);
+// MPI_Init_thread (MPI_THREAD_MULTIPLE: autograd and checkpoint threads may call MPI), the rank,
+// and the rank's place on its node. The device is CPU until select_device().
+DistContext init_distributed(int* argc, char*** argv);
+
+// Device choice: "auto" (a GPU when one is visible), "cpu" or "cuda"; one GPU per local rank
+// (cudaSetDevice). Throws UsageError when "cuda" is asked for and there is none, or when a node
+// has more ranks than GPUs.
+void select_device(DistContext& ctx, const std::string& device);
 
 // Blocks until every rank arrives (used at start-up and shutdown only).
 void barrier();

@@ -1,0 +1,156 @@
+"""samout_ddp end to end, with real processes under a real mpirun (CPU ranks).
+
+    python tests/train/test_ddp.py CASE --bin build/bin/samout_ddp [--sample data/sample]
+
+Cases (each a ctest of its own, see tests/train/CMakeLists.txt):
+  world_size   1 rank and 2 ranks at the same global batch and seed: same loss at every one of 20
+               steps (relative difference <= 1e-5) and the same final weights
+  accumulation 4 micro-steps of 2 sequences equal 1 step of 8
+  loss_falls   the loss falls on the sample corpus within a short run, and validation runs
+  bad_flags    each bad flag: exit code 2 and exactly one error line, before any work
+  rank_killed  SIGKILL of one rank mid-run brings the whole job down (no hang)
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+TINY = ["--data=random:3", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
+        "--seq_len=24", "--log_every=1", "--threads=1"]
+
+
+def mpirun(n):
+    return ["mpirun", "--oversubscribe", "-np", str(n)] if n > 1 else []
+
+
+def run(args, n=1, check=True, timeout=300):
+    p = subprocess.run(mpirun(n) + args, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        sys.exit(f"FAIL: {' '.join(args)} exited {p.returncode}\n{p.stderr[-3000:]}")
+    return p
+
+
+def metrics(path):
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r], rows[-1]
+
+
+def weights(path):
+    with h5py.File(path) as f:
+        return {k: f[k][()] for k in f}
+
+
+def train(binary, tmp, name, extra, n=1):
+    m, w = os.path.join(tmp, name + ".jsonl"), os.path.join(tmp, name + ".h5")
+    run([binary] + TINY + extra + [f"--metrics_file={m}", f"--save_weights={w}"], n=n)
+    return metrics(m)[0], weights(w)
+
+
+def same_run(a, b, what):
+    (la, wa), (lb, wb) = a, b
+    assert len(la) == len(lb) == 20, (what, len(la), len(lb))
+    worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(la, lb))
+    print(f"{what}: max relative loss difference over {len(la)} steps: {worst:.3g}")
+    assert worst <= 1e-5, f"{what}: losses differ by {worst}"
+    assert wa.keys() == wb.keys() and len(wa) == 2 + 15 * 2
+    for k in wa:
+        diff = np.abs(wa[k] - wb[k]).max()
+        assert np.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), f"{what}: {k} differs by {diff}"
+    # And the runs did train: the weights moved away from the start.
+    assert la[-1]["loss"] < la[0]["loss"], "loss did not fall"
+
+
+def case_world_size(a, tmp):
+    one = train(a.bin, tmp, "w1", ["--batch_size=8", "--steps=20"], n=1)
+    two = train(a.bin, tmp, "w2", ["--batch_size=8", "--steps=20"], n=2)
+    same_run(one, two, "1 rank vs 2 ranks")
+
+
+def case_accumulation(a, tmp):
+    whole = train(a.bin, tmp, "mb8", ["--batch_size=8", "--micro_batch=8", "--steps=20"])
+    accum = train(a.bin, tmp, "mb2", ["--batch_size=8", "--micro_batch=2", "--steps=20"])
+    same_run(whole, accum, "1 step of 8 vs 4 micro-steps of 2")
+
+
+def case_loss_falls(a, tmp):
+    m = os.path.join(tmp, "sample.jsonl")
+    run([a.bin, f"--data={a.sample}/train-*.h5", f"--val_data={a.sample}/val-*.h5", "--hidden=64",
+         "--layers=2", "--heads=4", "--seq_len=32", "--batch_size=16", "--steps=60", "--lr=3e-3",
+         "--log_every=5", "--eval_every=30", "--eval_batches=2", f"--metrics_file={m}"], n=2)
+    train_rows, val_rows, final = metrics(m)
+    first, last = train_rows[0]["loss"], train_rows[-1]["loss"]
+    print(f"sample corpus: loss {first:.3f} -> {last:.3f}; val {[round(v['val_loss'], 3) for v in val_rows]}")
+    assert last < first - 1.0, (first, last)
+    assert len(val_rows) == 2 and val_rows[-1]["val_loss"] < val_rows[0]["val_loss"] + 0.5
+    assert final.get("final") and final["tokens"] == 60 * 16 * 32
+    for key in ("step", "loss", "lr", "tokens_per_s", "grad_norm", "eta_s"):
+        assert key in train_rows[-1], key
+
+
+def case_bad_flags(a, tmp):
+    with h5py.File(os.path.join(a.sample, "train-00000.h5")) as f:
+        sample_vocab = int(f.attrs["vocab_size"])
+    cases = [
+        (2, ["--batch_size=6", "--micro_batch=2"], "not divisible by world size 2 x --micro_batch=2"),
+        (2, ["--batch_size=7"], "--batch_size=7 is not divisible by the world size 2"),
+        (1, ["--hidden=50", "--heads=4"], "--hidden=50 is not divisible by --heads=4"),
+        (2, ["--precision=bf16", "--device=cpu"], "--precision=bf16 is not supported on the CPU"),
+        (1, [f"--data={a.sample}/train-*.h5", f"--vocab_size={sample_vocab + 1}"],
+         f"vocab_size {sample_vocab} differs from the requested {sample_vocab + 1}"),
+        (2, ["--data=/nonexistent/*.h5"], "/nonexistent/*.h5"),
+        (1, ["--optimizer=sgd"], "--optimizer must be adam or adamw"),
+        (1, ["--steps=-1"], "--steps"),
+    ]
+    for n, flags, expect in cases:
+        m = os.path.join(tmp, "bad.jsonl")
+        args = [a.bin] + TINY + ["--batch_size=8", "--steps=5"] + flags + [f"--metrics_file={m}"]
+        p = run(args, n=n, check=False, timeout=60)
+        ours = [l for l in p.stderr.splitlines() if l.startswith("samout_ddp:")]
+        print(f"{n} rank(s) {' '.join(flags)} -> exit {p.returncode}: {ours}")
+        assert p.returncode == 2, (flags, p.returncode, p.stderr[-2000:])
+        assert len(ours) == 1 and expect in ours[0], (flags, p.stderr[-2000:])
+        assert not os.path.exists(m), "a metrics file was written for a bad run"
+
+
+def case_rank_killed(a, tmp):
+    args = mpirun(2) + [a.bin] + TINY + ["--batch_size=8", "--steps=100000", "--log_every=1000",
+                                          "--comm_timeout_s=20"]
+    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    ranks = subprocess.run(["pgrep", "-P", str(p.pid), "-f", "samout_ddp"], capture_output=True,
+                           text=True).stdout.split()
+    assert len(ranks) == 2, f"expected 2 ranks under mpirun, found {ranks}"
+    os.kill(int(ranks[1]), signal.SIGKILL)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        sys.exit("FAIL: the job hung after a rank was killed")
+    print(f"job ended {time.time() - t0:.1f}s after the kill, exit {p.returncode}")
+    assert p.returncode != 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("case")
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--sample", default="data/sample")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        globals()["case_" + a.case](a, tmp)
+    print("PASS", a.case)
+
+
+if __name__ == "__main__":
+    main()
