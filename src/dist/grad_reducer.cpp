@@ -4,18 +4,29 @@
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace samout::dist {
 
-GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes)
-    : comm_(comm), params_(std::move(params)) {
+GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes,
+                         int rank, bool zero)
+    : comm_(comm), params_(std::move(params)), zero_(zero) {
   CHECK(!params_.empty());
   std::reverse(params_.begin(), params_.end());  // backward meets the head first
   int64_t total = 0;
   for (const auto& p : params_) total += p.numel();
+  numel_ = total;
+  const int64_t W = comm.world();
+  const int64_t padded = (total + W - 1) / W * W;  // equal shards for ZeRO-1's collectives
+  if (zero_) {
+    shard_begin_ = std::min(total, rank * (padded / W));
+    shard_end_ = std::min(total, (rank + 1) * (padded / W));
+  } else {
+    shard_end_ = total;
+  }
   const auto opts = params_[0].options().dtype(torch::kFloat32);
-  flat_params_ = torch::empty({total}, opts);
-  flat_grads_ = torch::zeros({total}, opts);
+  flat_params_ = torch::zeros({padded}, opts);
+  flat_grads_ = torch::zeros({padded}, opts);
 
   const int64_t bucket_elems = std::max<int64_t>(1, bucket_bytes / 4);
   int64_t offset = 0;
@@ -64,6 +75,7 @@ void GradReducer::begin_backward(bool sync) {
 
 void GradReducer::on_grad_ready(int64_t bucket) {
   Bucket& b = buckets_[bucket];
+  if (zero_) return;  // one reduce-scatter in finish()
   if (--b.waiting == 0 && sync_) launch(b);
   if (sync_) comm_.progress();
 }
@@ -74,9 +86,19 @@ void GradReducer::launch(Bucket& b) {
 }
 
 double GradReducer::finish() {
+  if (zero_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    comm_.reduce_scatter_sum(flat_grads_);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   for (auto& b : buckets_)
     if (!b.launched) launch(b);  // a parameter that got no gradient must not stall the step
   return comm_.wait_all();
+}
+
+void GradReducer::all_gather_params() {
+  torch::NoGradGuard no_grad;
+  if (zero_) comm_.all_gather(flat_params_);
 }
 
 void GradReducer::broadcast_params(int root) {

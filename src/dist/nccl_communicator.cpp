@@ -33,6 +33,7 @@ class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(const DistContext& ctx, double timeout_s)
       : Communicator(ctx.world, timeout_s),
+        rank_(ctx.rank),
         stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, ctx.device.index())) {
     ncclUniqueId id;
     if (ctx.rank == 0) SAMOUT_NCCL_CHECK(ncclGetUniqueId(&id));
@@ -78,20 +79,53 @@ class NcclCommunicator final : public Communicator {
     watch(*last_done_);
   }
 
+  void reduce_scatter_sum(torch::Tensor flat) override {
+    CHECK(flat.is_cuda() && flat.is_contiguous() && flat.numel() % world_ == 0);
+    if (world_ == 1) return;
+    const int64_t n = flat.numel() / world_;
+    run_on_comm_stream([&](cudaStream_t s) {
+      // In place: NCCL allows recvbuff == sendbuff + rank * recvcount.
+      auto* base = static_cast<char*>(flat.data_ptr());
+      SAMOUT_NCCL_CHECK(ncclReduceScatter(base, base + rank_ * n * flat.element_size(), n,
+                                          nccl_type(flat), ncclSum, comm_, s));
+    });
+  }
+
+  void all_gather(torch::Tensor flat) override {
+    CHECK(flat.is_cuda() && flat.is_contiguous() && flat.numel() % world_ == 0);
+    if (world_ == 1) return;
+    const int64_t n = flat.numel() / world_;
+    run_on_comm_stream([&](cudaStream_t s) {
+      auto* base = static_cast<char*>(flat.data_ptr());
+      SAMOUT_NCCL_CHECK(ncclAllGather(base + rank_ * n * flat.element_size(), base, n,
+                                      nccl_type(flat), comm_, s));
+    });
+  }
+
   void broadcast(torch::Tensor t, int root) override {
     if (world_ == 1) return;
+    run_on_comm_stream([&](cudaStream_t s) {
+      SAMOUT_NCCL_CHECK(
+          ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), root, comm_, s));
+    });
+  }
+
+ private:
+  // A blocking collective: ordered after the compute stream's work, then awaited with a deadline
+  // and the compute stream made to wait on it.
+  template <typename F>
+  void run_on_comm_stream(F&& issue) {
     auto compute = at::cuda::getCurrentCUDAStream();
     at::cuda::CUDAEvent ready;
     ready.record(compute);
     ready.block(stream_);
-    SAMOUT_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), root,
-                                    comm_, stream_.stream()));
+    issue(stream_.stream());
     at::cuda::CUDAEvent done;
     done.record(stream_);
     watch(done);
+    done.block(compute);
   }
 
- private:
   // Host wait with a deadline: polls the event and NCCL's asynchronous error; on error or timeout
   // the communicator is aborted so that the kernels return, then the job is brought down.
   void watch(at::cuda::CUDAEvent& ev) {
@@ -111,6 +145,7 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
+  int rank_;
   ncclComm_t comm_ = nullptr;
   c10::cuda::CUDAStream stream_;
   std::unique_ptr<at::cuda::CUDAEvent> last_done_;

@@ -42,6 +42,15 @@ DEFINE_int64(eval_batches, 8, "global batches per evaluation");
 DEFINE_double(peak_tflops, 0, "peak TFLOP/s per device for MFU; 0 = H100 figures on GPU");
 DEFINE_string(init_from, "", "HDF5 weights file (SPEC.md names) to start from");
 DEFINE_string(save_weights, "", "write the final weights here (HDF5, SPEC.md names; rank 0)");
+// ---- checkpoints
+DEFINE_string(ckpt_dir, "", "checkpoint folder (step_NNNNNNNN/ inside); empty = no checkpoints");
+DEFINE_int64(ckpt_every, 0, "steps between checkpoints; 0 = only at the end and on preemption");
+DEFINE_int32(keep_ckpts, 3, "how many of the newest complete checkpoints to keep");
+DEFINE_string(resume, "auto", "auto (newest valid checkpoint in --ckpt_dir) | never | PATH");
+DEFINE_bool(ckpt_async, true, "write checkpoints in a background thread");
+DEFINE_int32(zero, 0, "1 = ZeRO-1: shard the optimizer state over ranks");
+DEFINE_int64(max_bad_steps, 10, "consecutive non-finite steps (skipped) before the run stops");
+DEFINE_string(debug_nan_steps, "", "TEST ONLY: comma-separated steps whose loss is set to NaN");
 // ---- communication
 DEFINE_int64(bucket_mb, 25, "gradient bucket size in MB");
 DEFINE_double(comm_timeout_s, 300, "seconds a collective may take before the job is aborted");
@@ -84,6 +93,23 @@ TrainConfig config_from_flags() {
   c.peak_tflops = FLAGS_peak_tflops;
   c.init_from = FLAGS_init_from;
   c.save_weights = FLAGS_save_weights;
+  c.ckpt_dir = FLAGS_ckpt_dir;
+  c.ckpt_every = FLAGS_ckpt_every;
+  c.keep_ckpts = FLAGS_keep_ckpts;
+  c.resume = FLAGS_resume;
+  c.ckpt_async = FLAGS_ckpt_async;
+  c.zero = FLAGS_zero;
+  c.max_bad_steps = FLAGS_max_bad_steps;
+  for (size_t pos = 0; pos < FLAGS_debug_nan_steps.size();) {
+    const size_t comma = std::min(FLAGS_debug_nan_steps.find(',', pos), FLAGS_debug_nan_steps.size());
+    const std::string item = FLAGS_debug_nan_steps.substr(pos, comma - pos);
+    try {
+      c.debug_nan_steps.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      throw UsageError("--debug_nan_steps: '" + item + "' is not a step number");
+    }
+    pos = comma + 1;
+  }
   c.bucket_mb = FLAGS_bucket_mb;
   c.comm_timeout_s = FLAGS_comm_timeout_s;
 
@@ -109,6 +135,11 @@ TrainConfig config_from_flags() {
   require(c.precision == "fp32" || c.precision == "bf16",
           "--precision must be fp32 or bf16, got '" + c.precision + "'");
   positive(c.log_every, "log_every");
+  require(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1, got " + std::to_string(c.zero));
+  require(c.ckpt_every >= 0, "--ckpt_every must be >= 0, got " + std::to_string(c.ckpt_every));
+  require(c.keep_ckpts >= 1, "--keep_ckpts must be >= 1, got " + std::to_string(c.keep_ckpts));
+  positive(c.max_bad_steps, "max_bad_steps");
+  require(!c.resume.empty(), "--resume must be auto, never or the path of a checkpoint");
   positive(c.bucket_mb, "bucket_mb");
   require(c.prefetch >= 0, "--prefetch must be >= 0");
   if (c.tokens > 0) {

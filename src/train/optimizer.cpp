@@ -7,12 +7,23 @@
 
 namespace samout::train {
 
-FlatAdam::FlatAdam(torch::Tensor params, torch::Tensor grads, AdamOptions opts)
-    : params_(std::move(params)), grads_(std::move(grads)), opts_(opts) {
-  CHECK(params_.sizes() == grads_.sizes() && params_.dim() == 1);
+FlatAdam::FlatAdam(const torch::Tensor& params, const torch::Tensor& grads, int64_t begin,
+                   int64_t end, AdamOptions opts)
+    : params_(params.narrow(0, begin, end - begin)),
+      grads_(grads.narrow(0, begin, end - begin)),
+      opts_(opts) {
+  CHECK(params.sizes() == grads.sizes() && params.dim() == 1);
   CHECK(params_.scalar_type() == torch::kFloat32 && params_.is_contiguous() && grads_.is_contiguous());
   exp_avg_ = torch::zeros_like(params_);
   exp_avg_sq_ = torch::zeros_like(params_);
+}
+
+void FlatAdam::set_state(const torch::Tensor& exp_avg, const torch::Tensor& exp_avg_sq,
+                         int64_t steps) {
+  CHECK(exp_avg.numel() == exp_avg_.numel() && exp_avg_sq.numel() == exp_avg_sq_.numel());
+  exp_avg_.copy_(exp_avg);
+  exp_avg_sq_.copy_(exp_avg_sq);
+  step_ = steps;
 }
 
 void FlatAdam::step(double lr) {

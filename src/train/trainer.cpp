@@ -5,12 +5,16 @@
 #include <glog/logging.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <thread>
 
+#include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
 #include "samout/data/loader.h"
@@ -20,6 +24,7 @@
 #include "samout/model/samout.h"
 #include "samout/train/metrics.h"
 #include "samout/train/optimizer.h"
+#include "samout/train/preemption.h"
 
 namespace samout::train {
 
@@ -47,6 +52,12 @@ class AutocastScope {
 
  private:
   bool on_;
+};
+
+// The run stopped for a reason every rank agrees on (too many bad steps, preemption): not a crash.
+struct RunStopped {
+  int exit_code;
+  std::string message;
 };
 
 class Trainer {
@@ -109,7 +120,49 @@ class Trainer {
       std::fclose(f);
       std::remove((cfg_.save_weights + ".tmp").c_str());
     }
+    if (!cfg_.ckpt_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(cfg_.ckpt_dir, ec);
+      require(std::filesystem::is_directory(cfg_.ckpt_dir),
+              "--ckpt_dir: cannot create " + cfg_.ckpt_dir + (ec ? " (" + ec.message() + ")" : ""));
+      if (ctx_.is_root()) ckpt::CheckpointWriter::remove_partial(cfg_.ckpt_dir);
+    }
+    if (ctx_.is_root()) choose_resume();
     metrics_ = std::make_unique<MetricsFile>(ctx_.is_root() ? cfg_.metrics_file : "");
+  }
+
+  // Rank 0 picks the checkpoint to resume from and checks that it fits this run; connect() tells
+  // the other ranks.
+  void choose_resume() {
+    if (cfg_.resume == "never") return;
+    if (cfg_.resume == "auto") {
+      if (cfg_.ckpt_dir.empty()) return;
+      std::vector<std::string> skipped;
+      resume_path_ = ckpt::find_latest_valid(cfg_.ckpt_dir, &skipped);
+      for (const auto& s : skipped) LOG(WARNING) << "skipping checkpoint " << s;
+    } else {
+      const std::string why = ckpt::verify(cfg_.resume);
+      require(why.empty(), "--resume=" + cfg_.resume + ": " + why);
+      resume_path_ = cfg_.resume;
+    }
+    if (resume_path_.empty()) return;
+    const auto state = ckpt::read_state(resume_path_);
+    const auto want = run_shape();
+    for (auto& [k, v] : want.items()) {
+      require(state["run"].contains(k) && state["run"][k] == v,
+              "checkpoint " + resume_path_ + " was made with " + k + "=" +
+                  (state["run"].contains(k) ? state["run"][k].dump() : "?") + ", this run has " +
+                  k + "=" + v.dump());
+    }
+  }
+
+  // The flags a checkpoint must share with the run that resumes it: the model's shape and what
+  // decides the sequence of global batches. (Learning rate, steps, world size may change.)
+  nlohmann::json run_shape() const {
+    return {{"vocab_size", cfg_.model.vocab_size}, {"hidden", cfg_.model.hidden},
+            {"layers", cfg_.model.layers},         {"heads", cfg_.model.heads},
+            {"seq_len", cfg_.seq_len},             {"batch_size", cfg_.batch_size},
+            {"seed", cfg_.seed},                   {"data", cfg_.data}};
   }
 
   // Collectives start here: every rank passed setup().
@@ -117,7 +170,8 @@ class Trainer {
     comm_ = dist::make_communicator(ctx_, cfg_.comm_timeout_s);
     std::vector<torch::Tensor> params;
     for (auto& p : model_->parameters()) params.push_back(p);
-    reducer_ = std::make_unique<dist::GradReducer>(params, *comm_, cfg_.bucket_mb << 20);
+    reducer_ = std::make_unique<dist::GradReducer>(params, *comm_, cfg_.bucket_mb << 20, ctx_.rank,
+                                                   cfg_.zero == 1);
     reducer_->broadcast_params(0);  // every rank starts from rank 0's weights
     AdamOptions ao;
     ao.beta1 = cfg_.beta1;
@@ -125,13 +179,106 @@ class Trainer {
     ao.eps = cfg_.eps;
     ao.weight_decay = cfg_.weight_decay;
     ao.decoupled = cfg_.optimizer == "adamw";
-    optimizer_ = std::make_unique<FlatAdam>(reducer_->flat_params(), reducer_->flat_grads(), ao);
+    optimizer_ = std::make_unique<FlatAdam>(reducer_->flat_params(), reducer_->flat_grads(),
+                                            reducer_->shard_begin(), reducer_->shard_end(), ao);
+    if (!cfg_.ckpt_dir.empty())
+      writer_ = std::make_unique<ckpt::CheckpointWriter>(cfg_.ckpt_dir, cfg_.keep_ckpts, ctx_.rank,
+                                                         ctx_.world);
+    resume_from(broadcast_string(resume_path_));
     LOG_IF(INFO, ctx_.is_root())
         << cfg_.model.describe() << ", " << cfg_.model.num_parameters() << " parameters; world "
         << ctx_.world << " on " << ctx_.device << ", global batch " << cfg_.batch_size << " x "
         << cfg_.seq_len << " tokens, " << accum_ << " micro-step(s) of " << micro_ << " per rank, "
         << at::get_num_threads() << " threads per rank, " << reducer_->num_buckets()
         << " gradient buckets, " << cfg_.steps << " steps";
+  }
+
+  static std::string broadcast_string(std::string s) {
+    int64_t n = static_cast<int64_t>(s.size());
+    SAMOUT_MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    s.resize(n);
+    SAMOUT_MPI_CHECK(MPI_Bcast(s.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD));
+    return s;
+  }
+
+  void resume_from(const std::string& path) {
+    if (path.empty()) return;
+    const auto state = ckpt::read_state(path);
+    ckpt::load_into(*model_, ckpt::read_weights(path + "/model.h5"), path + "/model.h5");
+    const int64_t b = reducer_->shard_begin(), e = reducer_->shard_end();
+    auto m = torch::zeros({e - b}, torch::kFloat32), v = torch::zeros({e - b}, torch::kFloat32);
+    const int64_t opt_steps = ckpt::read_optimizer_range(path, reducer_->numel(), b, e, m, v);
+    optimizer_->set_state(m.to(ctx_.device), v.to(ctx_.device), opt_steps);
+    start_step_ = state["step"].get<int64_t>();
+    loader_->seek({state["cursor"]["epoch"].get<int64_t>(), state["cursor"]["step"].get<int64_t>()});
+    const std::string rng_hex = state.value("rng_cpu", std::string());
+    if (!rng_hex.empty()) {
+      auto rng = torch::empty({static_cast<int64_t>(rng_hex.size() / 2)}, torch::kUInt8);
+      for (int64_t i = 0; i < rng.numel(); ++i)
+        rng.data_ptr<uint8_t>()[i] = static_cast<uint8_t>(std::stoi(rng_hex.substr(2 * i, 2), nullptr, 16));
+      auto gen = at::detail::getDefaultCPUGenerator();
+      gen.set_state(rng);
+    }
+    LOG_IF(INFO, ctx_.is_root()) << "resumed from " << path << " at step " << start_step_
+                                 << " (saved by " << state.value("world", 0) << " ranks)";
+  }
+
+  // Copies what this rank must save into host memory; the rest of the save can run in the
+  // background while training goes on.
+  ckpt::Snapshot snapshot(int64_t steps_done) {
+    torch::NoGradGuard no_grad;
+    ckpt::Snapshot s;
+    s.step = steps_done;
+    s.cursor = loader_->cursor();
+    if (ctx_.is_root()) {
+      s.run = run_shape();
+      s.run["zero"] = cfg_.zero;
+      s.run["optimizer"] = cfg_.optimizer;
+      auto rng = at::detail::getDefaultCPUGenerator().get_state();
+      s.rng_state.assign(reinterpret_cast<const char*>(rng.data_ptr<uint8_t>()), rng.numel());
+      for (const auto& p : model_->named_parameters())
+        s.weights.emplace_back(p.key(), p.value().detach().to(torch::kCPU, /*non_blocking=*/false,
+                                                              /*copy=*/true));
+    }
+    if (cfg_.zero == 1 || ctx_.is_root()) {  // without ZeRO every rank holds the same moments
+      s.opt_total = reducer_->numel();
+      s.opt_begin = reducer_->shard_begin();
+      s.opt_end = reducer_->shard_end();
+      s.opt_steps = optimizer_->steps_taken();
+      s.exp_avg = optimizer_->exp_avg().to(torch::kCPU, false, true);
+      s.exp_avg_sq = optimizer_->exp_avg_sq().to(torch::kCPU, false, true);
+    }
+    return s;
+  }
+
+  void save_checkpoint(int64_t steps_done, bool async) {
+    if (!writer_) return;
+    // Never checkpoint a non-finite weight: the job would resume into the same failure.
+    auto bad = torch::logical_not(torch::isfinite(reducer_->flat_params())).any().to(torch::kInt);
+    auto any_bad = sum_over_ranks(bad);
+    if (any_bad.item<int>() != 0) {
+      LOG_IF(ERROR, ctx_.is_root()) << "not saving step " << steps_done << ": non-finite weights";
+      return;
+    }
+    const auto t0 = Clock::now();
+    writer_->save(snapshot(steps_done), async);
+    LOG_IF(INFO, ctx_.is_root()) << "checkpoint at step " << steps_done << ": training paused "
+                                 << 1000 * seconds_since(t0) << " ms"
+                                 << (async ? " (writing in the background)" : "");
+    last_saved_ = steps_done;
+  }
+
+  // Ranks agree on a preemption request at step boundaries (the signal may reach them apart).
+  bool agreed_preemption() {
+    int mine = preemption_requested() ? 1 : 0, any = mine;
+    if (ctx_.world > 1)
+      SAMOUT_MPI_CHECK(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+    return any != 0;
+  }
+
+  void finish_checkpoints() {
+    if (writer_) writer_->wait();
+    dist::barrier();  // rank 0's publish of the last checkpoint is complete for everyone
   }
 
   void train() {
@@ -146,7 +293,11 @@ class Trainer {
     const auto start = Clock::now();
     auto window_start = start;
 
-    for (int64_t step = 0; step < cfg_.steps; ++step) {
+    tokens_done_ = start_step_ * tokens_per_step;
+    if (start_step_ >= cfg_.steps)
+      LOG_IF(INFO, ctx_.is_root()) << "nothing to do: the checkpoint is at step " << start_step_
+                                   << " of " << cfg_.steps;
+    for (int64_t step = start_step_; step < cfg_.steps; ++step) {
       auto t0 = Clock::now();
       data::Batch batch = loader_->next();
       auto tokens = torch::from_blob(batch.tokens.data(), {batch.rows, batch.cols}, torch::kInt32)
@@ -166,6 +317,9 @@ class Trainer {
           auto logits = model_->forward(inputs);
           loss_sum = token_loss_sum(logits.to(torch::kFloat32), targets);
         }
+        if (ctx_.is_root() && m == 0 &&
+            std::count(cfg_.debug_nan_steps.begin(), cfg_.debug_nan_steps.end(), step))
+          loss_sum = loss_sum * std::numeric_limits<double>::quiet_NaN();  // test-only fault
         (loss_sum / static_cast<double>(tokens_per_step)).backward();
         loss_acc[0] += loss_sum.detach().to(torch::kDouble);
         loss_acc[1] += count_targets(targets);
@@ -176,13 +330,33 @@ class Trainer {
       auto t3 = Clock::now();
 
       torch::NoGradGuard no_grad;
-      auto flat_grads = reducer_->flat_grads();
-      auto gnorm = flat_grads.norm();
-      if (cfg_.grad_clip > 0)
-        flat_grads.mul_(torch::clamp_max(cfg_.grad_clip / (gnorm + 1e-6), 1.0));
+      // The global gradient norm: of the whole buffer, or (ZeRO-1) summed over the ranks' shards.
+      auto grads = reducer_->flat_grads().narrow(0, reducer_->shard_begin(),
+                                                 reducer_->shard_end() - reducer_->shard_begin());
+      auto gnorm = grads.pow(2).sum().to(torch::kDouble);
+      if (cfg_.zero == 1) gnorm = sum_over_ranks(gnorm).to(dev);
+      gnorm = gnorm.sqrt();
       const double lr = learning_rate(step, cfg_.steps, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps,
                                       cfg_.lr_schedule);
-      optimizer_->step(lr);
+      // A non-finite gradient (every rank sees the same norm) skips the step: weights and optimizer
+      // state stay as they were.
+      const double gnorm_host = gnorm.item<double>();
+      if (!std::isfinite(gnorm_host)) {
+        ++bad_steps_total_;
+        ++bad_in_a_row_;
+        LOG_IF(WARNING, ctx_.is_root()) << "step " << step + 1 << ": non-finite gradient norm, step skipped ("
+                                        << bad_steps_total_ << " skipped so far, " << bad_in_a_row_
+                                        << " in a row)";
+        if (bad_in_a_row_ >= cfg_.max_bad_steps)
+          throw RunStopped{kExitFailure, std::to_string(bad_in_a_row_) +
+                                             " non-finite steps in a row (--max_bad_steps=" +
+                                             std::to_string(cfg_.max_bad_steps) + "): stopping"};
+      } else {
+        bad_in_a_row_ = 0;
+        if (cfg_.grad_clip > 0) grads.mul_(std::min(1.0, cfg_.grad_clip / (gnorm_host + 1e-6)));
+        optimizer_->step(lr);
+        reducer_->all_gather_params();
+      }
       t_opt += seconds_since(t3);
       ++steps_since_log;
       tokens_done_ += tokens_per_step;
@@ -197,7 +371,8 @@ class Trainer {
         const double eta = (cfg_.steps - step - 1) * elapsed / steps_since_log;
         const double mfu = mfu_of(tps);
         JsonLine j;
-        j.add("step", step + 1).add("loss", loss).add("lr", lr).add("grad_norm", gnorm.item<double>());
+        j.add("step", step + 1).add("loss", loss).add("lr", lr).add("grad_norm", gnorm_host);
+        j.add("skipped_steps", bad_steps_total_);
         j.add("tokens_per_s", tps).add("tokens_per_s_per_rank", tps / ctx_.world);
         j.add("step_ms", elapsed * per).add("data_ms", t_data * per).add("compute_ms", t_compute * per);
         j.add("comm_wait_ms", t_comm * per).add("optimizer_ms", t_opt * per);
@@ -210,7 +385,7 @@ class Trainer {
                         "step %lld/%lld | loss %.4f | lr %.3g | gnorm %.3f | %.0f tok/s (%.0f/rank) | "
                         "%.1f ms/step: data %.1f, compute %.1f, comm wait %.1f, optim %.1f%s | ETA %s",
                         static_cast<long long>(step + 1), static_cast<long long>(cfg_.steps), loss, lr,
-                        gnorm.item<double>(), tps, tps / ctx_.world, elapsed * per, t_data * per,
+                        gnorm_host, tps, tps / ctx_.world, elapsed * per, t_data * per,
                         t_compute * per, t_comm * per, t_opt * per,
                         mfu > 0 ? (" | MFU " + std::to_string(100 * mfu).substr(0, 4) + "%").c_str() : "",
                         format_duration(eta).c_str());
@@ -223,10 +398,22 @@ class Trainer {
       }
       if (val_loader_ && ((cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0) || last))
         evaluate(step + 1);
+      if (agreed_preemption()) {
+        save_checkpoint(step + 1, /*async=*/false);
+        finish_checkpoints();
+        throw RunStopped{kExitTempFail, "preempted by signal " + std::to_string(preemption_signal()) +
+                                            " at step " + std::to_string(step + 1) +
+                                            (writer_ ? ": checkpoint saved, resume me" : "")};
+      }
+      if (!last && cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0)
+        save_checkpoint(step + 1, cfg_.ckpt_async);
     }
+    if (last_saved_ != cfg_.steps && cfg_.steps > start_step_) save_checkpoint(cfg_.steps, /*async=*/false);
+    finish_checkpoints();
     const double wall = seconds_since(start);
     JsonLine fin;
     fin.add("final", true).add("steps", cfg_.steps).add("tokens", tokens_done_);
+    fin.add("skipped_steps", bad_steps_total_);
     fin.add("wall_s", wall).add("mean_tokens_per_s", tokens_done_ / std::max(wall, 1e-9));
     metrics_->write(fin);
     LOG_IF(INFO, ctx_.is_root()) << "done: " << cfg_.steps << " steps, " << tokens_done_
@@ -300,6 +487,9 @@ class Trainer {
   TrainConfig cfg_;
   const dist::DistContext& ctx_;
   int64_t local_rows_ = 0, micro_ = 0, accum_ = 1, eval_batches_ = 0, tokens_done_ = 0;
+  int64_t start_step_ = 0, last_saved_ = -1, bad_steps_total_ = 0, bad_in_a_row_ = 0;
+  std::string resume_path_;  // rank 0's choice until connect() broadcasts it
+  std::unique_ptr<ckpt::CheckpointWriter> writer_;
   std::unique_ptr<data::Loader> loader_, val_loader_;
   model::SamOut model_{nullptr};
   std::unique_ptr<MetricsFile> metrics_;
@@ -335,9 +525,13 @@ int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
     }
     return worst;
   }
+  install_preemption_handlers();
   try {
     trainer.connect();
     trainer.train();
+  } catch (const RunStopped& stop) {
+    if (ctx.is_root()) LOG(WARNING) << stop.message;
+    return stop.exit_code;
   } catch (const std::exception& e) {
     std::string what = e.what();
     dist::abort_job("training failed: " + what.substr(0, what.find('\n')));

@@ -9,6 +9,11 @@
 // Overlap. A post-hook on each parameter's AccumulateGrad node counts the gradients a bucket still
 // waits for; on the last micro-step the bucket's all-reduce starts the moment its count reaches
 // zero, while backward goes on with earlier layers. Earlier micro-steps only accumulate locally.
+//
+// ZeRO-1 (zero = true). The flat buffers are padded to a multiple of the world size and split into
+// equal shards, one per rank. finish() reduce-scatters the gradients (rank r gets the sums of its
+// shard only), the optimizer updates that shard, and all_gather_params() brings every rank the
+// others' updated shards. Optimizer state then exists for 1/W of the parameters per rank.
 #pragma once
 
 #include <torch/torch.h>
@@ -23,7 +28,8 @@ namespace samout::dist {
 class GradReducer {
  public:
   // Moves the parameters' storage into the flat buffer (values kept) and installs the hooks.
-  GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes);
+  GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes,
+              int rank, bool zero);
   ~GradReducer();
   GradReducer(const GradReducer&) = delete;
   GradReducer& operator=(const GradReducer&) = delete;
@@ -38,9 +44,16 @@ class GradReducer {
 
   // Rank 0's values become everyone's (at start-up, so all ranks begin from the same weights).
   void broadcast_params(int root = 0);
+  // ZeRO-1: after each rank updated its shard, every rank gets all shards.
+  void all_gather_params();
 
-  torch::Tensor flat_params() const { return flat_params_; }
+  torch::Tensor flat_params() const { return flat_params_; }  // [padded numel]
   torch::Tensor flat_grads() const { return flat_grads_; }
+  int64_t numel() const { return numel_; }  // parameters, without the padding
+  // The range of the flat layout this rank updates: everything, or its ZeRO-1 shard.
+  int64_t shard_begin() const { return shard_begin_; }
+  int64_t shard_end() const { return shard_end_; }
+  bool zero() const { return zero_; }
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
 
  private:
@@ -59,6 +72,8 @@ class GradReducer {
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keeps the hooked nodes alive
   bool sync_ = true;
+  bool zero_ = false;
+  int64_t numel_ = 0, shard_begin_ = 0, shard_end_ = 0;
 };
 
 }  // namespace samout::dist

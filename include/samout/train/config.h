@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "samout/model/config.h"
 
@@ -49,6 +50,16 @@ struct TrainConfig {
   // Weights in and out (HDF5 with SPEC.md's names; see ckpt/weights_file.h)
   std::string init_from;     // initial weights instead of the seeded initialisation
   std::string save_weights;  // final weights, written by rank 0
+
+  // Checkpoints (ckpt/checkpoint.h)
+  std::string ckpt_dir;        // "" = no checkpoints
+  int64_t ckpt_every = 0;      // steps between checkpoints; 0 = only at the end and on preemption
+  int keep_ckpts = 3;          // newest complete checkpoints kept
+  std::string resume = "auto"; // auto (newest valid in ckpt_dir) | never | PATH of a step_ folder
+  bool ckpt_async = true;      // write in a background thread (the step only waits for the copy)
+  int zero = 0;                // 1 = ZeRO-1: optimizer state sharded over ranks
+  int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
+  std::vector<int64_t> debug_nan_steps;  // test only: steps whose loss is made NaN on rank 0
 
   // Communication
   int64_t bucket_mb = 25;

@@ -19,9 +19,13 @@ struct AdamOptions {
 
 class FlatAdam {
  public:
-  FlatAdam(torch::Tensor params, torch::Tensor grads, AdamOptions opts);
+  // Updates params[begin, end) from grads[begin, end); the moments cover that range only.
+  FlatAdam(const torch::Tensor& params, const torch::Tensor& grads, int64_t begin, int64_t end,
+           AdamOptions opts);
   // One update with learning rate `lr`. Increments the step count.
   void step(double lr);
+  // Resume: moments of the range and the number of steps they have seen.
+  void set_state(const torch::Tensor& exp_avg, const torch::Tensor& exp_avg_sq, int64_t steps);
   int64_t steps_taken() const { return step_; }
   torch::Tensor exp_avg() const { return exp_avg_; }
   torch::Tensor exp_avg_sq() const { return exp_avg_sq_; }

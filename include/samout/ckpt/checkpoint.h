@@ -1,0 +1,85 @@
+// Sharded, atomic training checkpoints: what is in one, how it is written, how one is found again.
+//
+// A checkpoint is a folder ckpt_dir/step_NNNNNNNN/ holding
+//   model.h5                 the weights, once (rank 0), SPEC.md names (ckpt/weights_file.h)
+//   optim-RRRRR.bin          Adam moments of one range of the flat parameter layout (every rank
+//                            under ZeRO-1; rank 0 alone otherwise, since all ranks agree)
+//   state.json               step, data cursor, RNG state, and the flags that shape the model and run
+//   rank-RRRRR.json          each rank's list of the files it wrote, with size and XXH64
+//   manifest.json            every file's size and XXH64: written last, by rank 0
+// Atomicity: ranks write into ckpt_dir/.tmp-step_NNNNNNNN/, fsync each file, and leave their
+// rank-*.json. Rank 0 waits for all of them, writes the manifest, and renames the folder into place.
+// A folder without a manifest whose files match it is never resumed from: a rank killed during a
+// save leaves only a .tmp- folder, which the next start removes.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "samout/data/loader.h"
+
+namespace samout::ckpt {
+
+// What one rank contributes, already copied into host memory (the only part a save stalls on).
+struct Snapshot {
+  int64_t step = 0;            // optimizer steps completed
+  data::Cursor cursor;         // loader cursor of the next batch
+  nlohmann::json run;          // flags that shape the model and the run (rank 0)
+  std::string rng_state;       // torch CPU generator state bytes (rank 0)
+  std::vector<std::pair<std::string, torch::Tensor>> weights;  // rank 0 only; empty elsewhere
+  int64_t opt_total = 0, opt_begin = 0, opt_end = 0, opt_steps = 0;
+  torch::Tensor exp_avg, exp_avg_sq;  // [opt_end - opt_begin]; undefined: this rank writes none
+};
+
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::string dir, int keep, int rank, int world);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // Writes `s` as checkpoint step_<s.step>. Waits for the previous save first. With async the
+  // files are written by a background thread and save() returns at once.
+  void save(Snapshot s, bool async);
+  // Waits for the save in flight; throws std::runtime_error if it failed.
+  void wait();
+  // Rank 0, at start-up: removes .tmp- folders that a killed run left behind.
+  static void remove_partial(const std::string& dir);
+
+ private:
+  void write(const Snapshot& s);  // the body of a save, on whichever thread
+  std::string dir_;
+  int keep_, rank_, world_;
+  std::thread thread_;
+  std::string error_;
+};
+
+// ---- Finding and reading ----------------------------------------------------------------------------
+
+std::string step_dir_name(int64_t step);  // "step_00000100"
+
+// Checks every file of the manifest for presence, size and checksum. Empty string when good,
+// otherwise what is wrong (naming the file).
+std::string verify(const std::string& step_dir);
+
+// The newest checkpoint in `dir` that verifies; "" if none. Each checkpoint skipped (and why) is
+// appended to `skipped`.
+std::string find_latest_valid(const std::string& dir, std::vector<std::string>* skipped);
+
+nlohmann::json read_state(const std::string& step_dir);  // throws UsageError
+
+// Fills exp_avg / exp_avg_sq ([end - begin]) for range [begin, end) of the flat layout from the
+// optimizer files of `step_dir`, whatever ranges they were written in (resume at another world
+// size). Returns the Adam step count. Throws UsageError when the files do not cover the range.
+int64_t read_optimizer_range(const std::string& step_dir, int64_t total, int64_t begin, int64_t end,
+                             torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq);
+
+}  // namespace samout::ckpt
