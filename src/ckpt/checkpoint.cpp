@@ -1,6 +1,8 @@
 #include "samout/ckpt/checkpoint.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
 #include <glog/logging.h>
 #include <unistd.h>
 
@@ -73,6 +75,18 @@ void write_optimizer(const std::string& path, const Snapshot& s) {
   if (!ok) throw std::runtime_error("cannot write " + path);
 }
 
+// Recursive delete with nftw. Not std::filesystem::remove_all: libtorch.so exports its own copy of
+// that symbol, which the dynamic linker binds here, and it crashes (a null call) outside torch.
+void remove_tree(const std::string& path) {
+  ::nftw(
+      path.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) {
+        ::remove(p);  // best effort: what cannot be removed stays, and is named by the next start
+        return 0;
+      },
+      16, FTW_DEPTH | FTW_PHYS);
+}
+
 std::string rank_file(int rank) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "rank-%05d.json", rank);
@@ -123,7 +137,7 @@ void CheckpointWriter::remove_partial(const std::string& dir) {
     const std::string name = e.path().filename().string();
     if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) {
       LOG(WARNING) << "removing the unfinished checkpoint " << e.path().string();
-      fs::remove_all(e.path(), ec);
+      remove_tree(e.path().string());
     }
   }
 }
@@ -179,6 +193,10 @@ void CheckpointWriter::write(const Snapshot& s) {
     state["rng_cpu"] = rng_hex;
     write_file_atomic(tmp + "/state.json", state.dump(2));
     files.push_back("state.json");
+    if (!s.tokenizer.empty()) {
+      write_file_atomic(tmp + "/tokenizer.model", s.tokenizer);
+      files.push_back("tokenizer.model");
+    }
   }
   if (s.exp_avg.defined()) {
     char buf[32];
@@ -186,6 +204,7 @@ void CheckpointWriter::write(const Snapshot& s) {
     write_optimizer(tmp + "/" + buf, s);
     files.push_back(buf);
   }
+  if (s.debug_kill_midway) ::raise(SIGKILL);  // test only: a rank dies in the middle of a save
   json mine = json::object();
   for (const auto& f : files) {
     const FileDigest d = digest_file(tmp + "/" + f);
@@ -216,10 +235,10 @@ void CheckpointWriter::write(const Snapshot& s) {
   const std::string final_dir = dir_ + "/" + name;
   if (fs::exists(final_dir)) {  // a rerun of the same step replaces the older copy
     const std::string old = dir_ + "/.old-" + name;
-    fs::remove_all(old);
+    remove_tree(old);
     fs::rename(final_dir, old);
     fs::rename(tmp, final_dir);
-    fs::remove_all(old);
+    remove_tree(old);
   } else {
     fs::rename(tmp, final_dir);
   }
@@ -230,7 +249,7 @@ void CheckpointWriter::write(const Snapshot& s) {
     int kept = 0;
     for (const auto& d : checkpoint_dirs(dir_)) {
       if (!fs::exists(dir_ + "/" + d + "/manifest.json")) continue;
-      if (++kept > keep_) fs::remove_all(dir_ + "/" + d);
+      if (++kept > keep_) remove_tree(dir_ + "/" + d);
     }
   }
   LOG(INFO) << "checkpoint " << final_dir << " written in "

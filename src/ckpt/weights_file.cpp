@@ -3,7 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+#include <torch/serialize.h>
+
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <vector>
 
 #include "samout/common/error.h"
@@ -40,9 +47,71 @@ void write_weights(const std::string& path,
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp);
 }
 
+void write_torch_weights(const std::string& path,
+                         const torch::OrderedDict<std::string, torch::Tensor>& named) {
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& kv : named)
+    dict.insert(kv.key(), kv.value().detach().to(torch::kCPU, torch::kFloat32).contiguous());
+  // torch::pickle_save's format, but with the dict's types left untagged: a tagged dict needs
+  // torch.jit._pickle.restore_type_tag, which torch.load's default weights_only mode refuses.
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler(
+      [&](const char* buf, size_t n) { pickled.insert(pickled.end(), buf, buf + n); },
+      /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
+      /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(dict);
+  pickler.stop();
+  std::vector<char> bytes;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
+    const char* p = static_cast<const char*>(data);
+    bytes.insert(bytes.end(), p, p + n);
+    return n;
+  });
+  torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(),
+                                     writer);
+  writer.writeEndOfFile();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  const int fd = ::open(tmp.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp);
+}
+
+namespace {
+
+std::map<std::string, torch::Tensor> read_torch_weights(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  c10::IValue v;
+  try {
+    v = torch::pickle_load(bytes);
+  } catch (const std::exception&) {
+    throw UsageError(path + ": neither an HDF5 weights file nor a torch.save'd dict of tensors");
+  }
+  require(v.isGenericDict(), path + ": holds a " + v.tagKind() + ", not a dict of tensors");
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& kv : v.toGenericDict()) {
+    require(kv.key().isString() && kv.value().isTensor(),
+            path + ": holds a non-tensor entry; expected {name: tensor}");
+    out[kv.key().toStringRef()] = kv.value().toTensor().to(torch::kFloat32);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::map<std::string, torch::Tensor> read_weights(const std::string& path) {
   require(::access(path.c_str(), R_OK) == 0, path + ": no such file");
-  require(H5Fis_hdf5(path.c_str()) > 0, path + ": not an HDF5 file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) return read_torch_weights(path);
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   require(file.valid(), path + ": cannot open");
   std::map<std::string, torch::Tensor> out;

@@ -99,11 +99,18 @@ void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& y,
     // acc[j]: gradient of m gathered from positions > t whose maximum sits at or before t; it is
     // released into dc at the position that holds the maximum (is_argmax), then reset.
     std::array<acc_t, kBlock> acc;
+    // Per-channel partial sums of the alpha gradients: one accumulator per lane keeps the channel
+    // loop free of a loop-carried dependency (so it vectorises) and sums only T terms in acc_t
+    // before the lanes are added in double.
+    std::array<acc_t, kBlock> sb, sm, sa, sc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblocks, j0 = (task % nblocks) * kBlock;
       const int64_t w = std::min(kBlock, d - j0);
       acc.fill(acc_t(0));
-      acc_t sb = 0, sm = 0, sa = 0, sc = 0;
+      sb.fill(acc_t(0));
+      sm.fill(acc_t(0));
+      sa.fill(acc_t(0));
+      sc.fill(acc_t(0));
       for (int64_t t = T - 1; t >= 0; --t) {
         const scalar_t* ya = yp + b * sB + t * sT + j0;
         const int64_t row = (b * T + t) * d + j0;
@@ -121,14 +128,21 @@ void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& y,
           dc += here ? total : acc_t(0);
           acc[j] = here ? acc_t(0) : total;
           gya[2 * d + j] = scalar_t(dc);
-          sb += g * bv;
-          sm += g * mv;
-          sa += g * av;
-          sc += g * cv;
+          sb[j] += g * bv;
+          sm[j] += g * mv;
+          sa[j] += g * av;
+          sc[j] += g * cv;
         }
       }
       // Whatever is left in acc belongs to the carried-in state, which is not differentiated.
-      partial[task] = {double(sb), double(sm), double(sa), double(sc)};
+      std::array<double, 4> lanes{0, 0, 0, 0};
+      for (int64_t j = 0; j < w; ++j) {
+        lanes[0] += sb[j];
+        lanes[1] += sm[j];
+        lanes[2] += sa[j];
+        lanes[3] += sc[j];
+      }
+      partial[task] = lanes;
     }
   });
 

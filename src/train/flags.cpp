@@ -51,6 +51,7 @@ DEFINE_bool(ckpt_async, true, "write checkpoints in a background thread");
 DEFINE_int32(zero, 0, "1 = ZeRO-1: shard the optimizer state over ranks");
 DEFINE_int64(max_bad_steps, 10, "consecutive non-finite steps (skipped) before the run stops");
 DEFINE_string(debug_nan_steps, "", "TEST ONLY: comma-separated steps whose loss is set to NaN");
+DEFINE_int64(debug_kill_in_save, -1, "TEST ONLY: the last rank kills itself mid-save of this step");
 // ---- communication
 DEFINE_int64(bucket_mb, 25, "gradient bucket size in MB");
 DEFINE_double(comm_timeout_s, 300, "seconds a collective may take before the job is aborted");
@@ -100,6 +101,7 @@ TrainConfig config_from_flags() {
   c.ckpt_async = FLAGS_ckpt_async;
   c.zero = FLAGS_zero;
   c.max_bad_steps = FLAGS_max_bad_steps;
+  c.debug_kill_in_save = FLAGS_debug_kill_in_save;
   for (size_t pos = 0; pos < FLAGS_debug_nan_steps.size();) {
     const size_t comma = std::min(FLAGS_debug_nan_steps.find(',', pos), FLAGS_debug_nan_steps.size());
     const std::string item = FLAGS_debug_nan_steps.substr(pos, comma - pos);

@@ -203,6 +203,7 @@ class Trainer {
 
   void resume_from(const std::string& path) {
     if (path.empty()) return;
+    const auto t0 = Clock::now();
     const auto state = ckpt::read_state(path);
     ckpt::load_into(*model_, ckpt::read_weights(path + "/model.h5"), path + "/model.h5");
     const int64_t b = reducer_->shard_begin(), e = reducer_->shard_end();
@@ -220,7 +221,8 @@ class Trainer {
       gen.set_state(rng);
     }
     LOG_IF(INFO, ctx_.is_root()) << "resumed from " << path << " at step " << start_step_
-                                 << " (saved by " << state.value("world", 0) << " ranks)";
+                                 << " (saved by " << state.value("world", 0) << " ranks), loaded in "
+                                 << seconds_since(t0) << " s";
   }
 
   // Copies what this rank must save into host memory; the rest of the save can run in the
@@ -230,10 +232,13 @@ class Trainer {
     ckpt::Snapshot s;
     s.step = steps_done;
     s.cursor = loader_->cursor();
+    s.debug_kill_midway = steps_done == cfg_.debug_kill_in_save && ctx_.rank == ctx_.world - 1;
     if (ctx_.is_root()) {
       s.run = run_shape();
       s.run["zero"] = cfg_.zero;
       s.run["optimizer"] = cfg_.optimizer;
+      s.run["pad_id"] = cfg_.model.pad_id;
+      s.tokenizer = loader_->tokenizer_model();
       auto rng = at::detail::getDefaultCPUGenerator().get_state();
       s.rng_state.assign(reinterpret_cast<const char*>(rng.data_ptr<uint8_t>()), rng.numel());
       for (const auto& p : model_->named_parameters())

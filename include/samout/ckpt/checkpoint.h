@@ -5,6 +5,8 @@
 //   optim-RRRRR.bin          Adam moments of one range of the flat parameter layout (every rank
 //                            under ZeRO-1; rank 0 alone otherwise, since all ranks agree)
 //   state.json               step, data cursor, RNG state, and the flags that shape the model and run
+//   tokenizer.model          the corpus's SentencePiece model (rank 0; absent for random: data), so
+//                            a checkpoint alone is enough to generate text
 //   rank-RRRRR.json          each rank's list of the files it wrote, with size and XXH64
 //   manifest.json            every file's size and XXH64: written last, by rank 0
 // Atomicity: ranks write into ckpt_dir/.tmp-step_NNNNNNNN/, fsync each file, and leave their
@@ -34,9 +36,11 @@ struct Snapshot {
   data::Cursor cursor;         // loader cursor of the next batch
   nlohmann::json run;          // flags that shape the model and the run (rank 0)
   std::string rng_state;       // torch CPU generator state bytes (rank 0)
+  std::string tokenizer;       // serialized SentencePiece model (rank 0; "" = none)
   std::vector<std::pair<std::string, torch::Tensor>> weights;  // rank 0 only; empty elsewhere
   int64_t opt_total = 0, opt_begin = 0, opt_end = 0, opt_steps = 0;
   torch::Tensor exp_avg, exp_avg_sq;  // [opt_end - opt_begin]; undefined: this rank writes none
+  bool debug_kill_midway = false;     // test only: SIGKILL this process after its data files
 };
 
 class CheckpointWriter {

@@ -15,7 +15,14 @@ namespace samout::ckpt {
 
 void write_weights(const std::string& path, const torch::OrderedDict<std::string, torch::Tensor>& named);
 
-// Reads every dataset; throws UsageError naming the file when it is not such a file.
+// The same weights as a file Python's torch.load reads into a dict {name: tensor}, which the seed's
+// SamOut takes with load_state_dict (written by torch::pickle_save; temporary name and rename).
+void write_torch_weights(const std::string& path,
+                         const torch::OrderedDict<std::string, torch::Tensor>& named);
+
+// Reads either kind: an HDF5 weights file, or a torch.save'd dict of name -> tensor (as
+// write_torch_weights writes it, or Python's torch.save(dict(model.state_dict()), path)).
+// Throws UsageError naming the file when it is neither.
 std::map<std::string, torch::Tensor> read_weights(const std::string& path);
 
 // Copies `weights` into the module's parameters; every parameter must be present with its shape.

@@ -60,6 +60,7 @@ struct TrainConfig {
   int zero = 0;                // 1 = ZeRO-1: optimizer state sharded over ranks
   int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
   std::vector<int64_t> debug_nan_steps;  // test only: steps whose loss is made NaN on rank 0
+  int64_t debug_kill_in_save = -1;       // test only: the last rank SIGKILLs itself saving this step
 
   // Communication
   int64_t bucket_mb = 25;

@@ -1,0 +1,51 @@
+// samout_export: a checkpoint's weights as a file for PyTorch.
+//   samout_export --checkpoint=runs/ckpt --output=model.pt      (newest valid checkpoint)
+//   samout_export --checkpoint=runs/ckpt/step_00001000 --output=model.pt
+// In Python:  sd = torch.load("model.pt");  SamOut(...).load_state_dict(sd)
+// An output ending in .h5 is written as HDF5 instead (the trainer's --init_from reads both).
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "samout/ckpt/checkpoint.h"
+#include "samout/ckpt/weights_file.h"
+#include "samout/common/error.h"
+
+DEFINE_string(checkpoint, "", "a checkpoint folder (step_NNNNNNNN) or a --ckpt_dir (its newest valid one)");
+DEFINE_string(output, "", "output file: torch.load format, or HDF5 when it ends in .h5");
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("export a checkpoint's weights for PyTorch");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+  return samout::run_program("samout_export", [] {
+    namespace fs = std::filesystem;
+    using samout::require;
+    require(!FLAGS_checkpoint.empty(), "--checkpoint is required");
+    require(!FLAGS_output.empty(), "--output is required");
+    require(fs::is_directory(FLAGS_checkpoint), "--checkpoint=" + FLAGS_checkpoint + ": no such folder");
+    std::string dir = FLAGS_checkpoint;
+    if (!fs::exists(dir + "/manifest.json")) {  // a ckpt_dir: take its newest valid checkpoint
+      std::vector<std::string> skipped;
+      dir = samout::ckpt::find_latest_valid(FLAGS_checkpoint, &skipped);
+      for (const auto& s : skipped) LOG(WARNING) << "skipping checkpoint " << s;
+      require(!dir.empty(), "--checkpoint=" + FLAGS_checkpoint + ": no valid checkpoint in it");
+    }
+    const std::string why = samout::ckpt::verify(dir);
+    require(why.empty(), dir + ": " + why);
+    const auto weights = samout::ckpt::read_weights(dir + "/model.h5");
+    torch::OrderedDict<std::string, torch::Tensor> named;
+    for (const auto& [k, v] : weights) named.insert(k, v);
+    const std::string& out = FLAGS_output;
+    if (out.size() > 3 && out.compare(out.size() - 3, 3, ".h5") == 0) {
+      samout::ckpt::write_weights(out, named);
+    } else {
+      samout::ckpt::write_torch_weights(out, named);
+    }
+    std::cout << "exported " << named.size() << " tensors of " << dir << " to " << out << "\n";
+    return samout::kExitOk;
+  });
+}

@@ -1,0 +1,225 @@
+"""Checkpoints end to end: real mpirun, real signals, real kills, real corrupted files.
+
+    python tests/ckpt/test_checkpoints.py CASE --bin build/bin/samout_ddp --export build/bin/samout_export
+
+Cases (each a ctest of its own, see tests/ckpt/CMakeLists.txt):
+  exact_resume   interrupted at step 10 and resumed = uninterrupted, bitwise (ZeRO-0 and ZeRO-1)
+  world_change   saved by 2 ranks (ZeRO-1), resumed by 1 and by 3: the same loss curve (1e-5)
+  preemption     SIGTERM to the ranks and SIGUSR1 to mpirun: exit 75 with a checkpoint, then the
+                 run resumes and ends bitwise where an uninterrupted run ends; a second SIGTERM
+                 exits at once
+  kill_in_save   a rank SIGKILLed in the middle of a save: the previous checkpoint is resumed
+  corruption     a flipped bit or a truncated file is detected and the previous checkpoint used
+  nan            an injected NaN skips the step (weights as if it never happened); too many in
+                 a row stop the run
+  export         samout_export -> torch.load -> the seed's PyTorch SamOut -> torch.save ->
+                 --init_from: the same weights
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+TINY = ["--data=random:5", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
+        "--seq_len=24", "--batch_size=12", "--log_every=1", "--threads=1"]
+
+
+def cmd(n, binary, args):
+    pre = ["mpirun", "--oversubscribe", "-np", str(n)] if n > 1 else []
+    return pre + [binary] + TINY + args
+
+
+def run(a, n, args, expect=0):
+    p = subprocess.run(cmd(n, a.bin, args), env=ENV, capture_output=True, text=True, timeout=300)
+    if expect is not None and p.returncode != expect:
+        sys.exit(f"FAIL: {args} exited {p.returncode}, expected {expect}\n{p.stderr[-4000:]}")
+    return p
+
+
+def weights(path):
+    with h5py.File(path) as f:
+        return {k: f[k][()] for k in f}
+
+
+def losses(path):
+    with open(path) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def assert_bitwise(w1, w2, what):
+    assert w1.keys() == w2.keys()
+    bad = [k for k in w1 if not np.array_equal(w1[k], w2[k])]
+    assert not bad, f"{what}: weights differ in {bad[:3]}"
+    print(f"{what}: all {len(w1)} tensors bitwise equal")
+
+
+def case_exact_resume(a, tmp):
+    for zero in ("0", "1"):
+        z = [f"--zero={zero}"]
+        run(a, 2, z + ["--steps=20", f"--save_weights={tmp}/full{zero}.h5"])
+        ck = f"{tmp}/ck{zero}"
+        run(a, 2, z + ["--steps=10", f"--ckpt_dir={ck}"])
+        p = run(a, 2, z + ["--steps=20", f"--ckpt_dir={ck}", f"--save_weights={tmp}/res{zero}.h5"])
+        assert "resumed from" in p.stderr and "step_00000010" in p.stderr, p.stderr[-2000:]
+        assert_bitwise(weights(f"{tmp}/full{zero}.h5"), weights(f"{tmp}/res{zero}.h5"),
+                       f"ZeRO-{zero}: interrupted at 10 and resumed vs uninterrupted")
+
+
+def case_world_change(a, tmp):
+    run(a, 2, ["--zero=1", "--steps=20", f"--metrics_file={tmp}/full.jsonl"])
+    run(a, 2, ["--zero=1", "--steps=10", f"--ckpt_dir={tmp}/ck"])
+    full = losses(f"{tmp}/full.jsonl")
+    for n in (1, 3):
+        ck = f"{tmp}/ck{n}"
+        shutil.copytree(f"{tmp}/ck", ck)
+        run(a, n, ["--zero=1", "--steps=20", f"--ckpt_dir={ck}", f"--metrics_file={tmp}/w{n}.jsonl"])
+        got = losses(f"{tmp}/w{n}.jsonl")
+        assert sorted(got) == list(range(11, 21)), sorted(got)
+        worst = max(abs(got[s] - full[s]) / full[s] for s in got)
+        print(f"saved by 2 ranks, resumed by {n}: max relative loss difference {worst:.3g}")
+        assert worst <= 1e-5, worst
+
+
+def wait_for_steps(metrics, k, proc, limit=60):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if os.path.exists(metrics) and len(losses(metrics)) >= k:
+            return
+        assert proc.poll() is None, "the run ended early"
+        time.sleep(0.05)
+    sys.exit("FAIL: the run made no progress")
+
+
+def rank_pids(mpirun_pid):
+    out = subprocess.run(["pgrep", "-P", str(mpirun_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def preempt_and_resume(a, tmp, name, send):
+    ck, m = f"{tmp}/{name}", f"{tmp}/{name}.jsonl"
+    p = subprocess.Popen(cmd(2, a.bin, ["--steps=100000", f"--ckpt_dir={ck}", f"--metrics_file={m}"]),
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(m, 5, p)
+    send(p)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 75, (p.returncode, err[-3000:])
+    saved = sorted(d for d in os.listdir(ck) if d.startswith("step_"))
+    assert len(saved) == 1, saved
+    k = int(saved[0][5:])
+    print(f"{name}: exit 75 with checkpoint {saved[0]}")
+    run(a, 2, [f"--steps={k + 5}", f"--ckpt_dir={ck}", f"--save_weights={tmp}/{name}-res.h5"])
+    run(a, 2, [f"--steps={k + 5}", f"--save_weights={tmp}/{name}-full.h5"])
+    assert_bitwise(weights(f"{tmp}/{name}-full.h5"), weights(f"{tmp}/{name}-res.h5"),
+                   f"{name}: preempted at {k}, resumed to {k + 5} vs uninterrupted")
+
+
+def case_preemption(a, tmp):
+    # SLURM's way: the signal reaches every rank.
+    preempt_and_resume(a, tmp, "sigterm", lambda p: [os.kill(r, signal.SIGTERM) for r in rank_pids(p.pid)])
+    # mpirun forwards SIGUSR1 to the ranks (SLURM's --signal=B:USR1@N on a batch script).
+    preempt_and_resume(a, tmp, "sigusr1", lambda p: p.send_signal(signal.SIGUSR1))
+    # A second SIGTERM exits at once: a model big enough that a step takes a while.
+    big = [a.bin, "--data=random:1", "--vocab_size=8000", "--hidden=256", "--layers=4", "--heads=4",
+           "--seq_len=256", "--batch_size=16", "--steps=100000", "--log_every=1", "--threads=1",
+           f"--ckpt_dir={tmp}/twice", f"--metrics_file={tmp}/twice.jsonl"]
+    p = subprocess.Popen(big, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(f"{tmp}/twice.jsonl", 1, p)
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # two signals sent back to back would merge into one pending signal
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    print(f"two SIGTERMs: exit {p.returncode} after {time.time() - t0:.2f}s")
+    assert p.returncode == 128 + signal.SIGTERM, p.returncode
+    assert not [d for d in os.listdir(f"{tmp}/twice") if d.startswith("step_")]
+
+
+def case_kill_in_save(a, tmp):
+    ck = f"{tmp}/ck"
+    p = run(a, 2, ["--steps=20", "--ckpt_every=5", f"--ckpt_dir={ck}", "--debug_kill_in_save=10",
+                   "--ckpt_async=false"], expect=None)
+    assert p.returncode != 0
+    left = sorted(os.listdir(ck))
+    print(f"rank killed while saving step 10: exit {p.returncode}, {ck} holds {left}")
+    assert "step_00000005" in left and "step_00000010" not in left, left
+    p = run(a, 2, ["--steps=12", f"--ckpt_dir={ck}"])
+    assert "resumed from " + ck + "/step_00000005" in p.stderr, p.stderr[-2000:]
+    assert not [d for d in os.listdir(ck) if d.startswith(".tmp-")], os.listdir(ck)
+
+
+def case_corruption(a, tmp):
+    run(a, 2, ["--steps=20", "--ckpt_every=10", f"--ckpt_dir={tmp}/ck"])
+    flip, trunc = f"{tmp}/flip", f"{tmp}/trunc"
+    shutil.copytree(f"{tmp}/ck", flip)
+    shutil.copytree(f"{tmp}/ck", trunc)
+    path = f"{flip}/step_00000020/model.h5"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10  # one bit
+    open(path, "wb").write(bytes(data))
+    path = f"{trunc}/step_00000020/optim-00000.bin"
+    os.truncate(path, os.path.getsize(path) - 100)
+    for ck, why in ((flip, "model.h5 fails its checksum"), (trunc, "optim-00000.bin has")):
+        p = run(a, 2, ["--steps=25", f"--ckpt_dir={ck}"])
+        assert why in p.stderr, p.stderr[-2000:]
+        assert f"resumed from {ck}/step_00000010" in p.stderr, p.stderr[-2000:]
+        print(f"{os.path.basename(ck)}: detected ({why}), resumed from step 10")
+    p = run(a, 1, ["--steps=25", f"--resume={flip}/step_00000020"], expect=2)
+    assert "fails its checksum" in p.stderr
+
+
+def case_nan(a, tmp):
+    run(a, 2, ["--steps=5", f"--save_weights={tmp}/five.h5"])
+    run(a, 2, ["--steps=6", "--debug_nan_steps=5", f"--save_weights={tmp}/six.h5",
+               f"--metrics_file={tmp}/nan.jsonl"])
+    final = [json.loads(l) for l in open(f"{tmp}/nan.jsonl")][-1]
+    assert final["skipped_steps"] == 1, final
+    assert_bitwise(weights(f"{tmp}/five.h5"), weights(f"{tmp}/six.h5"), "a NaN step leaves the weights")
+    p = run(a, 2, ["--steps=20", "--debug_nan_steps=3,4,5", "--max_bad_steps=3"], expect=None)
+    assert p.returncode == 1 and "3 non-finite steps in a row" in p.stderr, (p.returncode, p.stderr[-2000:])
+
+
+def case_export(a, tmp):
+    import torch
+    sys.path.insert(0, os.path.join(HERE, "..", "python"))
+    from reference_model import SamOut
+    run(a, 2, ["--steps=10", f"--ckpt_dir={tmp}/ck", f"--save_weights={tmp}/trained.h5"])
+    p = subprocess.run([a.export, f"--checkpoint={tmp}/ck", f"--output={tmp}/model.pt"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    sd = torch.load(f"{tmp}/model.pt")
+    model = SamOut(300, 48, 4, 2)
+    model.load_state_dict(sd, strict=True)  # every SPEC name, every shape
+    trained = weights(f"{tmp}/trained.h5")
+    for k, v in model.state_dict().items():
+        assert np.array_equal(v.numpy(), trained[k]), k
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, f"{tmp}/back.pt")
+    run(a, 1, ["--steps=0", f"--init_from={tmp}/back.pt", f"--save_weights={tmp}/back.h5"])
+    assert_bitwise(trained, weights(f"{tmp}/back.h5"), "export -> PyTorch -> --init_from")
+    p = subprocess.run([a.export, f"--checkpoint={tmp}/nothing", f"--output={tmp}/x.pt"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("case")
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--export", required=True)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        globals()["case_" + a.case](a, tmp)
+    print("PASS", a.case)
+
+
+if __name__ == "__main__":
+    main()
