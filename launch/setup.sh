@@ -17,7 +17,8 @@ APT_PACKAGES=(build-essential cmake pkg-config python3 python3-venv
   openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
   libgflags-dev libgoogle-glog-dev libgtest-dev
   libsentencepiece-dev sentencepiece libxxhash-dev nlohmann-json3-dev
-  fortunes fortunes-zh)
+  fortunes fortunes-zh
+  slurm-wlm munge libpmix-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
