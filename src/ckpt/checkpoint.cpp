@@ -172,8 +172,12 @@ void CheckpointWriter::write(const Snapshot& s) {
   const std::string tmp = dir_ + "/.tmp-" + name;
   fs::create_directories(tmp);
 
+  // Never publish a non-finite weight: the job would resume into the same failure. Checked here,
+  // on the host copy in the writer's thread, so that training does not wait for it.
+  const bool finite = rank_ != 0 || !s.flat_weights.defined() ||
+                      torch::isfinite(s.flat_weights).all().item<bool>();
   std::vector<std::string> files;
-  if (rank_ == 0) {
+  if (rank_ == 0 && finite) {
     torch::OrderedDict<std::string, torch::Tensor> named;
     for (const auto& [k, v] : s.weights) named.insert(k, v);
     write_weights(tmp + "/model.h5", named);
@@ -229,6 +233,11 @@ void CheckpointWriter::write(const Snapshot& s) {
     for (auto& [f, e] : listed.items()) manifest["files"][f] = e;
     const FileDigest d = digest_file(path);
     manifest["files"][rank_file(r)] = {{"size", d.size}, {"xxh64", d.xxh64}};
+  }
+  if (!finite) {
+    remove_tree(tmp);
+    LOG(ERROR) << "checkpoint " << name << " not saved: the weights hold non-finite values";
+    return;
   }
   write_file_atomic(tmp + "/manifest.json", manifest.dump(2));
   fsync_path(tmp);

@@ -38,6 +38,8 @@ struct Snapshot {
   std::string rng_state;       // torch CPU generator state bytes (rank 0)
   std::string tokenizer;       // serialized SentencePiece model (rank 0; "" = none)
   std::vector<std::pair<std::string, torch::Tensor>> weights;  // rank 0 only; empty elsewhere
+  torch::Tensor flat_weights;  // rank 0: every weight in one buffer (the views above point into
+                               // it); a non-finite value in it cancels the checkpoint
   int64_t opt_total = 0, opt_begin = 0, opt_end = 0, opt_steps = 0;
   torch::Tensor exp_avg, exp_avg_sq;  // [opt_end - opt_begin]; undefined: this rank writes none
   bool debug_kill_midway = false;     // test only: SIGKILL this process after its data files
