@@ -4,8 +4,9 @@
 // generated token"). The context is never re-run.
 //
 //   Session s(model);
-//   auto logits = s.prefill(prompt);          // (B, T) ids -> (B, V): layers once, head on the last position
-//   for (...) { auto tok = sampler.sample(logits, seen);  logits = s.step(tok); }   // tok (B,)
+//   auto logits = s.prefill(prompt);          // (B, T) ids -> (B, V): layers once, head on the
+//   last position for (...) { auto tok = sampler.sample(logits, seen);  logits = s.step(tok); } //
+//   tok (B,)
 //
 // On CUDA, a session can capture its step into a CUDA graph (one launch per token instead of one
 // per op); the graph reads the token from, and writes the logits and states to, fixed buffers.
@@ -26,11 +27,11 @@ namespace samout::model {
 // ---- Sampling -----------------------------------------------------------------------------------
 
 struct SamplingConfig {
-  double temperature = 1.0;         // 0 = greedy (argmax); otherwise logits / temperature
-  int64_t top_k = 0;                // keep the k largest logits; 0 = all
-  double top_p = 1.0;               // keep the smallest set of most likely tokens with mass >= p; 1 = all
-  double repetition_penalty = 1.0;  // CTRL / Hugging Face: a seen token's logit is divided by it when
-                                    // positive, multiplied when negative; 1 = off
+  double temperature = 1.0;  // 0 = greedy (argmax); otherwise logits / temperature
+  int64_t top_k = 0;         // keep the k largest logits; 0 = all
+  double top_p = 1.0;        // keep the smallest set of most likely tokens with mass >= p; 1 = all
+  double repetition_penalty = 1.0;  // CTRL / Hugging Face: a seen token's logit is divided by it
+                                    // when positive, multiplied when negative; 1 = off
   // Throws UsageError naming the offending value.
   void validate() const;
 };
@@ -39,7 +40,8 @@ struct SamplingConfig {
 // changed in place; filtered entries become -inf.
 void apply_repetition_penalty(torch::Tensor& logits, const torch::Tensor& seen, double penalty);
 void apply_top_k(torch::Tensor& logits, int64_t k);
-void apply_top_p(torch::Tensor& logits, double p);  // on softmax(logits); the most likely always stays
+void apply_top_p(torch::Tensor& logits,
+                 double p);  // on softmax(logits); the most likely always stays
 
 class Sampler {
  public:
@@ -47,8 +49,8 @@ class Sampler {
   // (up to the rounding of the logits themselves).
   Sampler(const SamplingConfig& cfg, uint64_t seed);
 
-  // logits (B, V) on any device; seen (B, V) bool marking the tokens of each row's context (read only
-  // when the repetition penalty is on; may be undefined otherwise). Returns (B,) int64 on the
+  // logits (B, V) on any device; seen (B, V) bool marking the tokens of each row's context (read
+  // only when the repetition penalty is on; may be undefined otherwise). Returns (B,) int64 on the
   // logits' device. `logits` is not modified.
   torch::Tensor sample(const torch::Tensor& logits, const torch::Tensor& seen);
   const SamplingConfig& config() const { return cfg_; }
@@ -58,7 +60,8 @@ class Sampler {
   torch::Generator gen_;
 };
 
-// ---- Session: the carried state -------------------------------------------------------------------
+// ---- Session: the carried state
+// -------------------------------------------------------------------
 
 class Session {
  public:
@@ -97,7 +100,8 @@ class Session {
   std::unique_ptr<Graph> graph_;
 };
 
-// ---- Streaming text -------------------------------------------------------------------------------
+// ---- Streaming text
+// -------------------------------------------------------------------------------
 
 // Turns generated ids into text as they come, printing each piece once. Decoding a growing window
 // would cost O(n) per token; instead the window restarts every `window` tokens at a clean boundary,
