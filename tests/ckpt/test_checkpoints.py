@@ -10,6 +10,7 @@ Cases (each a ctest of its own, see tests/ckpt/CMakeLists.txt):
                  exits at once
   kill_in_save   a rank SIGKILLed in the middle of a save: the previous checkpoint is resumed
   corruption     a flipped bit or a truncated file is detected and the previous checkpoint used
+  retention      only the newest --keep_ckpts checkpoints stay, each complete
   nan            an injected NaN skips the step (weights as if it never happened); too many in
                  a row stop the run
   export         samout_export -> torch.load -> the seed's PyTorch SamOut -> torch.save ->
@@ -175,6 +176,16 @@ def case_corruption(a, tmp):
         print(f"{os.path.basename(ck)}: detected ({why}), resumed from step 10")
     p = run(a, 1, ["--steps=25", f"--resume={flip}/step_00000020"], expect=2)
     assert "fails its checksum" in p.stderr
+
+
+def case_retention(a, tmp):
+    run(a, 2, ["--steps=20", "--ckpt_every=4", "--keep_ckpts=2", f"--ckpt_dir={tmp}/ck"])
+    left = sorted(os.listdir(f"{tmp}/ck"))
+    print(f"--keep_ckpts=2 after saves at 4, 8, 12, 16, 20: {left}")
+    assert left == ["step_00000016", "step_00000020"], left
+    for d in left:
+        names = set(os.listdir(f"{tmp}/ck/{d}"))
+        assert {"manifest.json", "model.h5", "state.json", "optim-00000.bin"} <= names, names
 
 
 def case_nan(a, tmp):
