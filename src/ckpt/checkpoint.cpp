@@ -14,6 +14,7 @@
 #include <fstream>
 
 #include "samout/ckpt/checksum.h"
+#include "samout/ckpt/durable_file.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
 
@@ -34,28 +35,6 @@ struct OptHeader {
   char pad[24];
 };
 static_assert(sizeof(OptHeader) == 64);
-
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error("cannot open " + path + " to fsync");
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw std::runtime_error("fsync failed on " + path);
-}
-
-// Writes bytes to `path` under a temporary name, fsyncs, renames: readers see all or nothing.
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string part = path + ".part";
-  {
-    std::FILE* f = std::fopen(part.c_str(), "wb");
-    if (!f) throw std::runtime_error("cannot create " + part);
-    const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                    ::fsync(::fileno(f)) == 0;
-    std::fclose(f);
-    if (!ok) throw std::runtime_error("cannot write " + part);
-  }
-  fs::rename(part, path);
-}
 
 void write_optimizer(const std::string& path, const Snapshot& s) {
   OptHeader h{};

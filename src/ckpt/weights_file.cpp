@@ -1,6 +1,5 @@
 #include "samout/ckpt/weights_file.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <caffe2/serialize/inline_container.h>
@@ -13,6 +12,7 @@
 #include <iterator>
 #include <vector>
 
+#include "samout/ckpt/durable_file.h"
 #include "samout/common/error.h"
 #include "samout/data/h5.h"
 
@@ -39,12 +39,7 @@ void write_weights(const std::string& path,
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) throw std::runtime_error("cannot flush " + tmp);
   }
-  const int fd = ::open(tmp.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp);
+  publish_file(tmp, path);
 }
 
 void write_torch_weights(const std::string& path,
@@ -71,19 +66,7 @@ void write_torch_weights(const std::string& path,
   torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(),
                                      writer);
   writer.writeEndOfFile();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write " + tmp);
-  }
-  const int fd = ::open(tmp.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp);
+  write_file_atomic(path, std::string_view(bytes.data(), bytes.size()));
 }
 
 namespace {
