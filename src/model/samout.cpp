@@ -2,6 +2,7 @@
 #include "samout/model/samout.h"
 
 #include "samout/common/error.h"
+#include "samout/ops/linear.h"
 
 namespace samout::model {
 
@@ -26,7 +27,9 @@ torch::Tensor MaxStateSuperImpl::alphas() const {
 
 std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::Tensor& x,
                                                                    const torch::Tensor& state) {
-  auto y = combined(x);  // (B, T, 3d): a | b | c, read in place by the gate
+  // The Linear modules hold the parameters (and their seed names); the products run through
+  // ops::linear, which uses our own sgemm for fp32 on the CPU (ops/linear.h).
+  auto y = ops::linear(x, combined->weight);  // (B, T, 3d): a | b | c, read in place by the gate
   // Under autocast the projection's output may be bf16 while the alphas stay fp32; the gate runs in
   // the projection's dtype.
   auto al = alphas().to(y.scalar_type());
@@ -44,7 +47,9 @@ FeedForwardImpl::FeedForwardImpl(int64_t hidden) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& y) {
-  return ffn2(ffn1(y) * torch::relu(gate(y)));
+  auto h = ops::linear(y, ffn1->weight, ffn1->bias) *
+           torch::relu(ops::linear(y, gate->weight, gate->bias));
+  return ops::linear(h, ffn2->weight, ffn2->bias);
 }
 
 // ---- DecoderLayer ----------------------------------------------------------------------------------
@@ -107,7 +112,7 @@ torch::Tensor SamOutImpl::forward(const torch::Tensor& tokens, ModelState* state
     e = out + e;  // the outer residual, as in the seed
     if (state) (*state)[i] = new_state;
   }
-  return head(e);  // (B, T, V)
+  return ops::linear(e, head->weight);  // (B, T, V)
 }
 
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t pad_id) {
