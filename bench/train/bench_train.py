@@ -56,6 +56,8 @@ def parse_args():
     p.add_argument("--build", default=os.environ.get("SAMOUT_BUILD", os.path.join(ROOT, "build")),
                    help="build folder holding bin/samout_ddp")
     p.add_argument("--gate", default="auto", help="samout_ddp --gate")
+    p.add_argument("--zero", type=int, default=0,
+                   help="samout_ddp --zero of the multi-rank run (1: each rank updates its shard)")
     p.add_argument("--python", default=sys.executable, help="interpreter with torch for the baseline")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's table (PyTorch side)")
     p.add_argument("--keep", default="", help="keep samout's metrics files in this folder")
@@ -79,6 +81,8 @@ def run_samout(args, ranks, threads, workdir, tag):
              f"--heads={args.heads}", f"--seq_len={args.seq_len}", f"--batch_size={args.batch_size}",
              f"--lr={args.lr}", f"--steps={args.warmup + args.steps}", "--log_every=1",
              f"--threads={threads}", f"--gate={args.gate}", f"--metrics_file={metrics}"]
+    if ranks > 0:
+        flags.append(f"--zero={args.zero}")
     cmd = flags if ranks == 0 else (
         ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)] + flags)
     print("+ " + " ".join(cmd), flush=True)
@@ -139,7 +143,8 @@ def main():
             s2 = run_samout(args, args.ranks, 1, work, f"{args.ranks}x1")
             p2 = p1 if args.ranks == args.threads else run_pytorch(args, args.ranks, work,
                                                                    f"{args.ranks}t")
-            results.append((f"{args.ranks} ranks x 1 thread vs PyTorch {args.ranks} threads", s2, p2))
+            results.append((f"{args.ranks} ranks x 1 thread (zero={args.zero}) vs PyTorch "
+                            f"{args.ranks} threads", s2, p2))
         for label, s, p in results:
             report(label, s, p)
 

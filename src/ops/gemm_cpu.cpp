@@ -48,7 +48,11 @@ void pack_a(const View& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float
   } else {  // columns contiguous along i (a transposed view such as dy.t()): a column at a time
     for (int64_t k = 0; k < kc; ++k) {
       const float* src = &A.at(i0, k0 + k);
-      for (int64_t i = 0; i < mc; ++i) pa[(i / MR) * MR * kc + k * MR + i % MR] = src[i * A.rs];
+      for (int64_t ip = 0; ip < mc; ip += MR) {
+        float* dst = pa + ip * kc + k * MR;
+        const int64_t rows = std::min(MR, mc - ip);
+        for (int64_t r = 0; r < rows; ++r) dst[r] = src[(ip + r) * A.rs];
+      }
     }
   }
   if (const int64_t tail = mc % MR) {  // zero the last panel's missing rows

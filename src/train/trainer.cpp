@@ -22,6 +22,7 @@
 #include "samout/dist/communicator.h"
 #include "samout/dist/grad_reducer.h"
 #include "samout/model/samout.h"
+#include "samout/ops/cross_entropy.h"
 #include "samout/train/metrics.h"
 #include "samout/train/optimizer.h"
 #include "samout/train/preemption.h"
@@ -442,12 +443,9 @@ class Trainer {
  private:
   // Sum of the next-token cross entropy over the targets that are not padding.
   torch::Tensor token_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets) const {
-    namespace F = torch::nn::functional;
     const int64_t V = logits.size(-1);
-    return F::cross_entropy(logits.reshape({-1, V}), targets.reshape({-1}),
-                            F::CrossEntropyFuncOptions()
-                                .ignore_index(cfg_.model.pad_id >= 0 ? cfg_.model.pad_id : -100)
-                                .reduction(torch::kSum));
+    return ops::cross_entropy_sum(logits.reshape({-1, V}), targets.reshape({-1}),
+                                  cfg_.model.pad_id >= 0 ? cfg_.model.pad_id : -100);
   }
 
   torch::Tensor count_targets(const torch::Tensor& targets) const {
