@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <utility>
 
 #include "samout/common/error.h"
+#include "samout/ops/gemv.h"
 
 #ifdef SAMOUT_HAVE_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -82,6 +84,166 @@ torch::Tensor Sampler::sample(const torch::Tensor& logits_in, const torch::Tenso
   return ids.to(logits_in.device());
 }
 
+// ---- The CPU decode step
+// ---------------------------------------------------------------------------
+//
+// One position of a few sequences (B <= kGemvMaxRows, T = 1) reads every weight matrix once and
+// does ~2 flops per weight, so on the CPU its time is the time to stream the weights from memory.
+// Through the modules each product is a GEMM with M = B, made for large M: MKL's sgemm streams the
+// weights at ~60% of the bandwidth on the AMD Zen 3 development machine and does not scale to a
+// second core, ops::linear's packed gemm_cpu is slower still at M = 1; and some forty small ATen
+// ops per layer add their dispatch costs at d = 512. So the step is written out here: the five
+// products of a layer and the head on ops::gemv_f32 (all rows of the batch in one pass over each
+// weight, split across threads), the rest as plain loops over B x d floats in one scratch buffer.
+// The math is the modules' (SPEC.md), term by term:
+//   y = combined(e) = a | b | c;  m = max(state, c) (torch.cummax's rule);
+//   u = (a + b + c + alpha2 + alpha5) * m + alpha3 * a + alpha1 * b + alpha4 * c
+//   f = ffn2(ffn1(u) * relu(gate(u)));  e <- LayerNorm(alpha * f + (1 - alpha) * e) + e
+//   logits = head(e)
+// and tests/generate checks it against the whole-sequence forward of the modules.
+namespace {
+
+bool dense_f32_cpu(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.layout() == torch::kStrided &&
+         t.scalar_type() == torch::kFloat && t.is_contiguous() && !t.is_neg();
+}
+
+bool dense_f32_cpu(const torch::Tensor& t, std::initializer_list<int64_t> sizes) {
+  return dense_f32_cpu(t) && t.sizes() == c10::IntArrayRef(sizes);
+}
+
+// Whether cpu_step applies: one position per sequence, at most kGemvMaxRows sequences, and every
+// tensor it reads a dense fp32 CPU tensor of the expected shape (so, e.g., a model on CUDA, in
+// bf16, or a state of another dtype takes the modules' path, which converts or complains).
+bool cpu_step_applies(SamOutImpl& model, const torch::Tensor& tokens, const ModelState& state) {
+  if (tokens.dim() != 2 || tokens.size(1) != 1 || !tokens.device().is_cpu() ||
+      tokens.scalar_type() != torch::kInt64)
+    return false;
+  const int64_t B = tokens.size(0);
+  if (B < 1 || B > ops::kGemvMaxRows) return false;
+  const auto& cfg = model.config();
+  const int64_t d = cfg.hidden;
+  if (!dense_f32_cpu(model.em->weight, {cfg.vocab_size, d}) ||
+      !dense_f32_cpu(model.head->weight, {cfg.vocab_size, d}))
+    return false;
+  for (int64_t i = 0; i < cfg.layers; ++i) {
+    const auto layer = model.decoder_layers[i]->as<DecoderLayer>();
+    const auto& sa = *layer->self_attention;
+    const auto& ffn = *layer->ffn;
+    const auto& ln = *layer->layer_norm;
+    const bool ok =
+        dense_f32_cpu(sa.combined->weight, {3 * d, d}) && dense_f32_cpu(sa.alpha1, {}) &&
+        dense_f32_cpu(sa.alpha2, {}) && dense_f32_cpu(sa.alpha3, {}) &&
+        dense_f32_cpu(sa.alpha4, {}) && dense_f32_cpu(sa.alpha5, {}) &&
+        dense_f32_cpu(ffn.ffn1->weight, {d, d}) && dense_f32_cpu(ffn.ffn1->bias, {d}) &&
+        dense_f32_cpu(ffn.gate->weight, {d, d}) && dense_f32_cpu(ffn.gate->bias, {d}) &&
+        dense_f32_cpu(ffn.ffn2->weight, {d, d}) && dense_f32_cpu(ffn.ffn2->bias, {d}) &&
+        dense_f32_cpu(ln.weight, {d}) && dense_f32_cpu(ln.bias, {d}) &&
+        dense_f32_cpu(layer->alpha, {});
+    if (!ok) return false;
+    if (state[i].defined() && !dense_f32_cpu(state[i], {B, d})) return false;
+  }
+  return true;
+}
+
+// torch.cummax's update rule, as the fused gate applies it with a carried state: the new value
+// wins when it is >= the running max or NaN (NaN propagates).
+inline float take_max(float running, float v) { return (v >= running || v != v) ? v : running; }
+
+// tokens (B, 1) int64 on the CPU; state: one undefined or (B, d) tensor per layer, replaced by new
+// tensors (never written in place: a caller may hold the old ones via Session::state()). Returns
+// logits (B, V). Only for arguments cpu_step_applies() accepts.
+torch::Tensor cpu_step(SamOutImpl& model, const torch::Tensor& tokens, ModelState& state) {
+  const auto& cfg = model.config();
+  const int64_t B = tokens.size(0), d = cfg.hidden, V = cfg.vocab_size;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
+  // Scratch, B rows each: e (d) | y = a|b|c (3d) | u (d) | p (d) | q (d) | f (d).
+  auto scratch = torch::empty({B * 8 * d}, f32);
+  float* const e = scratch.data_ptr<float>();
+  float* const y = e + B * d;
+  float* const u = y + B * 3 * d;
+  float* const p = u + B * d;
+  float* const q = p + B * d;
+  float* const f = q + B * d;
+
+  // Embedding rows. Ids are checked here: a step reads the table directly.
+  const auto ids = tokens.accessor<int64_t, 2>();
+  const float* em = model.em->weight.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t id = ids[b][0];
+    TORCH_CHECK(id >= 0 && id < V, "Session::step: token id ", id, " is not in [0, ", V, ")");
+    std::memcpy(e + b * d, em + id * d, d * sizeof(float));
+  }
+
+  ModelState next(cfg.layers);
+  for (int64_t i = 0; i < cfg.layers; ++i) {
+    const auto layer = model.decoder_layers[i]->as<DecoderLayer>();
+    const auto& sa = *layer->self_attention;
+    const auto& ffn = *layer->ffn;
+    const auto& ln = *layer->layer_norm;
+
+    // MaxStateSuper: the gate at one position, in the fused CPU kernel's order of operations.
+    ops::gemv_f32(e, B, d, sa.combined->weight.data_ptr<float>(), 3 * d, nullptr, y);
+    const float a1 = *sa.alpha1.data_ptr<float>(), a3 = *sa.alpha3.data_ptr<float>(),
+                a4 = *sa.alpha4.data_ptr<float>();
+    const float a25 = *sa.alpha2.data_ptr<float>() + *sa.alpha5.data_ptr<float>();
+    const float* s = state[i].defined() ? state[i].data_ptr<float>() : nullptr;
+    next[i] = torch::empty({B, d}, f32);
+    float* m_out = next[i].data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      const float* yb = y + b * 3 * d;
+      for (int64_t j = 0; j < d; ++j) {
+        const float av = yb[j], bv = yb[d + j], cv = yb[2 * d + j];
+        const float mv =
+            take_max(s ? s[b * d + j] : -std::numeric_limits<float>::infinity(), cv);
+        m_out[b * d + j] = mv;
+        u[b * d + j] = (av + bv + cv + a25) * mv + a3 * av + a1 * bv + a4 * cv;
+      }
+    }
+
+    // FeedForward: ffn2(ffn1(u) * relu(gate(u))).
+    ops::gemv_f32(u, B, d, ffn.ffn1->weight.data_ptr<float>(), d, ffn.ffn1->bias.data_ptr<float>(),
+                  p);
+    ops::gemv_f32(u, B, d, ffn.gate->weight.data_ptr<float>(), d, ffn.gate->bias.data_ptr<float>(),
+                  q);
+    for (int64_t k = 0; k < B * d; ++k) {
+      const float g = q[k];
+      p[k] *= (g > 0.0f || g != g) ? g : 0.0f;  // relu, NaN kept as torch.relu keeps it
+    }
+    ops::gemv_f32(p, B, d, ffn.ffn2->weight.data_ptr<float>(), d, ffn.ffn2->bias.data_ptr<float>(),
+                  f);
+
+    // e <- LayerNorm(alpha * f + (1 - alpha) * e) + e, LayerNorm's statistics in double.
+    const float al = *layer->alpha.data_ptr<float>(), one_minus = 1.0f - al;
+    const float* gamma = ln.weight.data_ptr<float>();
+    const float* beta = ln.bias.data_ptr<float>();
+    const double eps = ln.options.eps();
+    for (int64_t b = 0; b < B; ++b) {
+      float* fb = f + b * d;
+      float* eb = e + b * d;
+      double sum = 0.0;
+      for (int64_t j = 0; j < d; ++j) {
+        fb[j] = al * fb[j] + one_minus * eb[j];
+        sum += fb[j];
+      }
+      const double mean = sum / d;
+      double var = 0.0;
+      for (int64_t j = 0; j < d; ++j) var += (fb[j] - mean) * (fb[j] - mean);
+      const float rstd = static_cast<float>(1.0 / std::sqrt(var / d + eps));
+      const float meanf = static_cast<float>(mean);
+      for (int64_t j = 0; j < d; ++j) eb[j] += (fb[j] - meanf) * rstd * gamma[j] + beta[j];
+    }
+  }
+
+  auto logits = torch::empty({B, V}, f32);
+  ops::gemv_f32(e, B, d, model.head->weight.data_ptr<float>(), V, nullptr,
+                logits.data_ptr<float>());
+  state = std::move(next);
+  return logits;
+}
+
+}  // namespace
+
 // ---- Session
 // ----------------------------------------------------------------------------------------
 
@@ -109,6 +271,8 @@ torch::Tensor Session::forward_last(const torch::Tensor& tokens, ModelState& sta
   const auto& cfg = model_->config();
   const int64_t T = tokens.size(1);
   if (state.empty()) state.resize(cfg.layers);
+  // On the CPU, a step (and a one-token prefill) of at most kGemvMaxRows sequences: see cpu_step.
+  if (cpu_step_applies(*model_, tokens, state)) return cpu_step(*model_, tokens, state);
   auto e = model_->em(tokens);  // (B, T, d)
   for (int64_t i = 0; i < cfg.layers; ++i) {
     auto layer = model_->decoder_layers[i]->as<DecoderLayer>();

@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "samout/ops/gemm.h"
+#include "samout/ops/gemv.h"
 
 namespace samout::ops {
 namespace {
@@ -76,6 +77,11 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   const bool track = torch::GradMode::is_enabled() &&
                      (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()));
   if (!track) {
+    // A few rows (decoding): packing W for a GEMM would cost more than the product; the GEMV
+    // streams W once instead (gemv.h).
+    const auto opt_b = b.defined() ? c10::optional<torch::Tensor>(b) : c10::nullopt;
+    if (x.numel() <= kGemvMaxRows * x.size(-1) && linear_rows_fast(x, w, opt_b))
+      return linear_rows(x, w, opt_b);
     const auto x2 = x.reshape({-1, x.size(-1)}).contiguous();
     return forward_2d(x2, w, b).view(out_shape(x, w.size(0)));
   }

@@ -347,7 +347,9 @@ class Trainer {
       // The global gradient norm: of the whole buffer, or (ZeRO-1) summed over the ranks' shards.
       auto grads = reducer_->flat_grads().narrow(0, reducer_->shard_begin(),
                                                  reducer_->shard_end() - reducer_->shard_begin());
-      auto gnorm = grads.pow(2).sum().to(torch::kDouble);
+      // One reduction pass (grads.pow(2).sum() would first write an 85 MB temporary at the seed's
+      // size); squared, so that ZeRO-1 shards can be summed over ranks.
+      auto gnorm = at::linalg_vector_norm(grads, 2).to(torch::kDouble).square();
       if (cfg_.zero == 1) gnorm = sum_over_ranks(gnorm).to(dev);
       gnorm = gnorm.sqrt();
       const double lr = learning_rate(step, cfg_.steps, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps,

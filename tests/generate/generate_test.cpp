@@ -233,6 +233,66 @@ TEST(Session, PromptsOfDifferentLengthsBatchedByTheirStates) {
   }
 }
 
+// On the CPU a step (T = 1, B <= ops::kGemvMaxRows) runs the hand-written decode step (gemv
+// products, the gate and LayerNorm as loops) instead of the modules. Odd sizes: d = 36 leaves a
+// K % 8 tail, 3d = 108 and V = 1001 leave tails of the kernel's 4-row blocks, and V * d is big
+// enough for the head's product to be split across threads. B = 9 takes the modules' path.
+TEST(Session, CpuStepEqualsWholeSequenceAtOddSizes) {
+  torch::manual_seed(7);
+  ModelConfig cfg;
+  cfg.vocab_size = 1001;
+  cfg.hidden = 36;
+  cfg.layers = 2;
+  cfg.heads = 4;
+  cfg.pad_id = 3;
+  SamOut model(cfg);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("alpha") != std::string::npos) p.value().uniform_(-1, 1);
+      if (p.key().find("layer_norm") != std::string::npos) p.value().uniform_(0.5, 1.5);
+    }
+  }
+  for (int64_t B : {1, 3, 9}) {
+    auto tokens = torch::randint(0, cfg.vocab_size, {B, 12}, torch::kLong);
+    torch::Tensor full;
+    {
+      torch::NoGradGuard ng;
+      full = model->forward(tokens);
+    }
+    auto close = [&](const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
+      const double err = (got - want).abs().max().item<double>();
+      const double scale = std::max(1.0, want.abs().max().item<double>());
+      EXPECT_LE(err, 1e-4 * scale) << "B=" << B << " " << what << ": max abs error " << err;
+    };
+    Session s(model);
+    // A one-token prefill starts from no state at all (the step's path too).
+    close(s.prefill(tokens.narrow(1, 0, 1)), full.select(1, 0), "prefill of 1");
+    for (int64_t t = 1; t < 12; ++t)
+      close(s.step(tokens.select(1, t)), full.select(1, t), "step " + std::to_string(t));
+    // The carried state is the running max of c, as the modules compute it.
+    ModelState whole;
+    {
+      torch::NoGradGuard ng;
+      model->forward(tokens, &whole);
+    }
+    for (size_t l = 0; l < whole.size(); ++l)
+      close(s.state()[l], whole[l], "state of layer " + std::to_string(l));
+    // A step leaves the states a caller took before it as they were.
+    const auto before = s.state()[0].clone();
+    const auto held = s.state()[0];
+    s.step(tokens.select(1, 0));
+    EXPECT_TRUE(torch::equal(held, before)) << "B=" << B;
+  }
+}
+
+TEST(Session, CpuStepRejectsOutOfRangeToken) {
+  Session s(tiny_model(5));
+  s.prefill(torch::tensor({{1, 2}}, torch::kLong));
+  EXPECT_THROW(s.step(torch::tensor({97}, torch::kLong)), c10::Error);
+  EXPECT_THROW(s.step(torch::tensor({-1}, torch::kLong)), c10::Error);
+}
+
 TEST(Session, RejectsOutOfRangePrompt) {
   Session s(tiny_model(3));
   EXPECT_THROW(s.prefill(torch::tensor({{1, 97}}, torch::kLong)), UsageError);
