@@ -166,19 +166,24 @@ TEST(Sampler, RejectsBadConfig) {
 
 // ---- Session ------------------------------------------------------------------------------------
 
-SamOut tiny_model(uint64_t seed) {
+// A small model whose alphas differ from 0.5 so every term of the gate matters (and, with
+// odd_layer_norm, whose LayerNorm affine parameters differ from 1 and 0 too).
+SamOut tiny_model(uint64_t seed, int64_t vocab_size = 97, int64_t hidden = 40, int64_t layers = 3,
+                  bool odd_layer_norm = false) {
   torch::manual_seed(seed);
   ModelConfig cfg;
-  cfg.vocab_size = 97;
-  cfg.hidden = 40;
-  cfg.layers = 3;
+  cfg.vocab_size = vocab_size;
+  cfg.hidden = hidden;
+  cfg.layers = layers;
   cfg.heads = 4;
   cfg.pad_id = 3;
   SamOut m(cfg);
-  // Make the alphas differ from 0.5 so every term of the gate matters.
   torch::NoGradGuard ng;
-  for (auto& p : m->named_parameters())
+  for (auto& p : m->named_parameters()) {
     if (p.key().find("alpha") != std::string::npos) p.value().uniform_(-1, 1);
+    if (odd_layer_norm && p.key().find("layer_norm") != std::string::npos)
+      p.value().uniform_(0.5, 1.5);
+  }
   return m;
 }
 
@@ -238,21 +243,9 @@ TEST(Session, PromptsOfDifferentLengthsBatchedByTheirStates) {
 // K % 8 tail, 3d = 108 and V = 1001 leave tails of the kernel's 4-row blocks, and V * d is big
 // enough for the head's product to be split across threads. B = 9 takes the modules' path.
 TEST(Session, CpuStepEqualsWholeSequenceAtOddSizes) {
-  torch::manual_seed(7);
-  ModelConfig cfg;
-  cfg.vocab_size = 1001;
-  cfg.hidden = 36;
-  cfg.layers = 2;
-  cfg.heads = 4;
-  cfg.pad_id = 3;
-  SamOut model(cfg);
-  {
-    torch::NoGradGuard ng;
-    for (auto& p : model->named_parameters()) {
-      if (p.key().find("alpha") != std::string::npos) p.value().uniform_(-1, 1);
-      if (p.key().find("layer_norm") != std::string::npos) p.value().uniform_(0.5, 1.5);
-    }
-  }
+  auto model = tiny_model(7, /*vocab_size=*/1001, /*hidden=*/36, /*layers=*/2,
+                          /*odd_layer_norm=*/true);
+  const auto& cfg = model->config();
   for (int64_t B : {1, 3, 9}) {
     auto tokens = torch::randint(0, cfg.vocab_size, {B, 12}, torch::kLong);
     torch::Tensor full;
