@@ -60,6 +60,8 @@ def parse_args():
                    help="samout_ddp --zero of the multi-rank run (1: each rank updates its shard)")
     p.add_argument("--python", default=sys.executable, help="interpreter with torch for the baseline")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's table (PyTorch side)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate samout and PyTorch this many times; the median ratio is reported")
     p.add_argument("--keep", default="", help="keep samout's metrics files in this folder")
     return p.parse_args()
 
@@ -134,19 +136,28 @@ def main():
     args = parse_args()
     print(f"bench_train: V={args.vocab_size} d={args.hidden} L={args.layers} h={args.heads} "
           f"batch {args.batch_size} x {args.seq_len}, Adam lr {args.lr}, {args.warmup} warmup + "
-          f"{args.steps} measured steps", flush=True)
+          f"{args.steps} measured steps, {args.rounds} round(s)", flush=True)
+    # Rounds alternate samout and PyTorch, so a drift in the shared machine's speed (it moves by
+    # 20 % within minutes) lands on both sides of each ratio; the median ratio is the figure.
+    ratios = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as work:
-        s1 = run_samout(args, 0, args.threads, work, f"1x{args.threads}")
-        p1 = run_pytorch(args, args.threads, work, f"{args.threads}t")
-        results = [(f"1 process, {args.threads} threads", s1, p1)]
-        if args.ranks > 0:
-            s2 = run_samout(args, args.ranks, 1, work, f"{args.ranks}x1")
-            p2 = p1 if args.ranks == args.threads else run_pytorch(args, args.ranks, work,
-                                                                   f"{args.ranks}t")
-            results.append((f"{args.ranks} ranks x 1 thread (zero={args.zero}) vs PyTorch "
-                            f"{args.ranks} threads", s2, p2))
-        for label, s, p in results:
-            report(label, s, p)
+        for r in range(args.rounds):
+            s1 = run_samout(args, 0, args.threads, work, f"1x{args.threads}_{r}")
+            p1 = run_pytorch(args, args.threads, work, f"{args.threads}t_{r}")
+            results = [(f"1 process, {args.threads} threads", s1, p1)]
+            if args.ranks > 0:
+                s2 = run_samout(args, args.ranks, 1, work, f"{args.ranks}x1_{r}")
+                p2 = p1 if args.ranks == args.threads else run_pytorch(args, args.ranks, work,
+                                                                       f"{args.ranks}t_{r}")
+                results.append((f"{args.ranks} ranks x 1 thread (zero={args.zero}) vs PyTorch "
+                                f"{args.ranks} threads", s2, p2))
+            for label, s, p in results:
+                report(f"round {r + 1}: {label}", s, p)
+                ratios.setdefault(label, []).append(s["tokens_per_s"] / p["tokens_per_s"])
+    for label, rs in ratios.items():
+        rs = sorted(rs)
+        print(f"median over {len(rs)} round(s): {label}: samout/pytorch {rs[len(rs) // 2]:.2f}x "
+              f"(range {rs[0]:.2f}-{rs[-1]:.2f})", flush=True)
 
 
 if __name__ == "__main__":
