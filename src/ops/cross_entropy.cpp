@@ -28,7 +28,11 @@ class CrossEntropySum : public torch::autograd::Function<CrossEntropySum> {
                                                  torch::autograd::variable_list grads) {
     auto grad = ctx->get_saved_variables()[0];
     // In place: the buffer is this node's own and backward runs once (the trainer never retains
-    // the graph), so scaling it saves a fresh (N, V) allocation.
+    // the graph), so scaling it saves a fresh (N, V) allocation. A second backward through a
+    // retained graph would find it already scaled: refuse it rather than return a wrong gradient.
+    TORCH_CHECK(ctx->saved_data.count("used") == 0,
+                "cross_entropy_sum: a second backward through the same graph is not supported");
+    ctx->saved_data["used"] = true;
     grad.mul_(grads[0]);
     return {grad, torch::Tensor(), torch::Tensor()};
   }

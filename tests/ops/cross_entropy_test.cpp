@@ -38,6 +38,13 @@ TEST(CrossEntropySum, ValueAndGradientMatchTorch) {
   }
 }
 
+TEST(CrossEntropySum, SecondBackwardIsRefused) {
+  auto logits = torch::randn({4, 9}, torch::requires_grad());
+  auto loss = cross_entropy_sum(logits, torch::randint(0, 9, {4}, torch::kLong));
+  loss.backward({}, /*retain_graph=*/true);
+  EXPECT_THROW(loss.backward(), c10::Error);
+}
+
 TEST(CrossEntropySum, NoGradAndBadShapes) {
   torch::manual_seed(1);
   const auto logits = torch::randn({5, 11});
