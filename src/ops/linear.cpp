@@ -80,8 +80,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
     // A few rows (decoding): packing W for a GEMM would cost more than the product; the GEMV
     // streams W once instead (gemv.h).
     const auto opt_b = b.defined() ? c10::optional<torch::Tensor>(b) : c10::nullopt;
-    if (x.numel() <= kGemvMaxRows * x.size(-1) && linear_rows_fast(x, w, opt_b))
-      return linear_rows(x, w, opt_b);
+    if (linear_rows_fast(x, w, opt_b)) return linear_rows(x, w, opt_b);
     const auto x2 = x.reshape({-1, x.size(-1)}).contiguous();
     return forward_2d(x2, w, b).view(out_shape(x, w.size(0)));
   }
