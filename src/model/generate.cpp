@@ -276,8 +276,8 @@ torch::Tensor Session::forward_last(const torch::Tensor& tokens, ModelState& sta
   auto e = model_->em(tokens);  // (B, T, d)
   for (int64_t i = 0; i < cfg.layers; ++i) {
     auto layer = model_->decoder_layers[i]->as<DecoderLayer>();
-    auto [out, new_state] = layer->forward(e, state[i]);
-    e = out + e;  // the outer residual (SPEC.md)
+    auto [out, new_state] = layer->forward_residual(e, state[i]);
+    e = std::move(out);  // layer(e) + e: the outer residual (SPEC.md)
     state[i] = std::move(new_state);
   }
   // The head is the biggest matrix (V x d); only the last position's logits are wanted.

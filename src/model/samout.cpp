@@ -2,7 +2,9 @@
 #include "samout/model/samout.h"
 
 #include "samout/common/error.h"
+#include "samout/ops/gated_ffn.h"
 #include "samout/ops/linear.h"
+#include "samout/ops/mix_norm.h"
 
 namespace samout::model {
 
@@ -47,9 +49,9 @@ FeedForwardImpl::FeedForwardImpl(int64_t hidden) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& y) {
-  auto h = ops::linear(y, ffn1->weight, ffn1->bias) *
-           torch::relu(ops::linear(y, gate->weight, gate->bias));
-  return ops::linear(h, ffn2->weight, ffn2->bias);
+  // ffn2(ffn1(y) * relu(gate(y))), with ffn1 and gate as one product (ops/gated_ffn.h).
+  return ops::gated_ffn(y, ffn1->weight, ffn1->bias, gate->weight, gate->bias, ffn2->weight,
+                        ffn2->bias);
 }
 
 // ---- DecoderLayer ----------------------------------------------------------------------------------
@@ -62,11 +64,25 @@ DecoderLayerImpl::DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl 
   alpha = register_parameter("alpha", torch::tensor(0.5f));
 }
 
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::run(const torch::Tensor& x,
+                                                              const torch::Tensor& state,
+                                                              bool add_residual) {
+  auto [y, new_state] = self_attention(x, state);
+  // LayerNorm(alpha * f + (1 - alpha) * x) (+ x) in one pass over the rows (ops/mix_norm.h); the
+  // parameters stay in layer_norm, under their seed names.
+  auto out = ops::mix_layer_norm(ffn(y), x, alpha, layer_norm->weight, layer_norm->bias,
+                                 layer_norm->options.eps(), add_residual);
+  return {out, new_state};
+}
+
 std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::Tensor& x,
                                                                   const torch::Tensor& state) {
-  auto [y, new_state] = self_attention(x, state);
-  auto mixed = alpha * ffn(y) + (1 - alpha) * x;
-  return {layer_norm(mixed), new_state};
+  return run(x, state, /*add_residual=*/false);
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward_residual(
+    const torch::Tensor& x, const torch::Tensor& state) {
+  return run(x, state, /*add_residual=*/true);
 }
 
 // ---- SamOut ----------------------------------------------------------------------------------------
@@ -108,8 +124,8 @@ torch::Tensor SamOutImpl::forward(const torch::Tensor& tokens, ModelState* state
   for (int64_t i = 0; i < cfg_.layers; ++i) {
     auto layer = decoder_layers[i]->as<DecoderLayer>();
     torch::Tensor in_state = state ? (*state)[i] : torch::Tensor();
-    auto [out, new_state] = layer->forward(e, in_state);
-    e = out + e;  // the outer residual, as in the seed
+    auto [out, new_state] = layer->forward_residual(e, in_state);
+    e = out;  // layer(e) + e: the outer residual, as in the seed
     if (state) (*state)[i] = new_state;
   }
   return ops::linear(e, head->weight);  // (B, T, V)

@@ -1,4 +1,6 @@
-// cross_entropy_sum (cross_entropy.h): log-softmax once, its buffer reused for the gradient.
+// cross_entropy_sum (cross_entropy.h): the autograd function. fp32 CPU logits take the fused kernel
+// (cross_entropy_cpu.cpp); anything else computes log-softmax once and reuses its buffer for the
+// gradient.
 #include "samout/ops/cross_entropy.h"
 
 namespace samout::ops {
@@ -8,6 +10,12 @@ class CrossEntropySum : public torch::autograd::Function<CrossEntropySum> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
                                const torch::Tensor& targets, int64_t ignore_index) {
+    if (cross_entropy_fused_applies(logits)) {
+      torch::Tensor row_loss, grad;
+      cross_entropy_forward_cpu(logits, targets, ignore_index, row_loss, ctx ? &grad : nullptr);
+      if (ctx) ctx->save_for_backward({grad});
+      return row_loss.sum();
+    }
     const auto t = targets.to(torch::kLong);
     const auto valid = t.ne(ignore_index);
     const auto idx = t.masked_fill(valid.logical_not(), 0).unsqueeze(1);  // any column for ignored

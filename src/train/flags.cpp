@@ -35,6 +35,8 @@ DEFINE_uint64(seed, 0, "seed of the initial weights and of the data shuffle");
 DEFINE_string(device, "auto", "auto | cpu | cuda");
 DEFINE_string(precision, "fp32", "fp32 | bf16 (autocast; GPU only)");
 DEFINE_int32(threads, 0, "intra-op threads per rank; 0 = cores / ranks on the node");
+DEFINE_int64(cpu_cache_mb, 2048,
+             "MB of freed CPU tensor memory kept for reuse (train/cpu_allocator.h); 0 = off");
 DEFINE_int64(log_every, 10, "log a line every N steps");
 DEFINE_string(metrics_file, "", "JSONL file of per-step metrics (rank 0 writes it)");
 DEFINE_int64(eval_every, 0, "evaluate every N steps (0 = at the end only)");
@@ -87,6 +89,7 @@ TrainConfig config_from_flags() {
   c.device = FLAGS_device;
   c.precision = FLAGS_precision;
   c.threads = FLAGS_threads;
+  c.cpu_cache_mb = FLAGS_cpu_cache_mb;
   c.log_every = FLAGS_log_every;
   c.metrics_file = FLAGS_metrics_file;
   c.eval_every = FLAGS_eval_every;
@@ -136,6 +139,7 @@ TrainConfig config_from_flags() {
           "--optimizer must be adam or adamw, got '" + c.optimizer + "'");
   require(c.precision == "fp32" || c.precision == "bf16",
           "--precision must be fp32 or bf16, got '" + c.precision + "'");
+  require(c.cpu_cache_mb >= 0, "--cpu_cache_mb must be >= 0, got " + std::to_string(c.cpu_cache_mb));
   positive(c.log_every, "log_every");
   require(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1, got " + std::to_string(c.zero));
   require(c.ckpt_every >= 0, "--ckpt_every must be >= 0, got " + std::to_string(c.ckpt_every));

@@ -23,6 +23,7 @@
 #include "samout/dist/grad_reducer.h"
 #include "samout/model/samout.h"
 #include "samout/ops/cross_entropy.h"
+#include "samout/train/cpu_allocator.h"
 #include "samout/train/metrics.h"
 #include "samout/train/optimizer.h"
 #include "samout/train/preemption.h"
@@ -80,6 +81,8 @@ class Trainer {
             "--precision=bf16 is not supported on the CPU; use --precision=fp32 or a GPU");
     const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(cfg_.threads > 0 ? cfg_.threads : std::max(1, hw / ctx_.local_world));
+    // Before the model and the flat buffers exist, so that they too come from it.
+    if (!ctx_.device.is_cuda()) install_caching_cpu_allocator(static_cast<size_t>(cfg_.cpu_cache_mb));
 
     data::LoaderConfig lc;
     lc.spec = cfg_.data;
@@ -436,6 +439,10 @@ class Trainer {
                                  << " tokens in " << format_duration(wall) << ", mean "
                                  << static_cast<int64_t>(tokens_done_ / std::max(wall, 1e-9))
                                  << " tokens/s";
+    if (const auto a = caching_cpu_allocator_stats(); ctx_.is_root() && a.hits + a.misses > 0)
+      LOG(INFO) << "CPU allocator: " << a.hits << " of " << a.hits + a.misses
+                << " large allocations served from its cache, " << (a.cached_bytes >> 20)
+                << " MB cached at the end";
     if (ctx_.is_root() && !cfg_.save_weights.empty()) {
       ckpt::write_weights(cfg_.save_weights, model_->named_parameters());
       LOG(INFO) << "weights written to " << cfg_.save_weights;

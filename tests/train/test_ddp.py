@@ -110,6 +110,7 @@ def case_bad_flags(a, tmp):
         (2, ["--data=/nonexistent/*.h5"], "/nonexistent/*.h5"),
         (1, ["--optimizer=sgd"], "--optimizer must be adam or adamw"),
         (1, ["--steps=-1"], "--steps"),
+        (1, ["--cpu_cache_mb=-5"], "--cpu_cache_mb must be >= 0"),
     ]
     for n, flags, expect in cases:
         m = os.path.join(tmp, "bad.jsonl")

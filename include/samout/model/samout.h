@@ -46,11 +46,18 @@ class DecoderLayerImpl : public torch::nn::Module {
   DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl gate);
   // LayerNorm(alpha * FFN(MaxStateSuper(x)) + (1 - alpha) * x); returns the new state too.
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, const torch::Tensor& state);
+  // forward's output plus x (SamOut's outer residual), added in the same pass as the LayerNorm.
+  std::pair<torch::Tensor, torch::Tensor> forward_residual(const torch::Tensor& x,
+                                                           const torch::Tensor& state);
 
   MaxStateSuper self_attention{nullptr};
   FeedForward ffn{nullptr};
   torch::nn::LayerNorm layer_norm{nullptr};
   torch::Tensor alpha;
+
+ private:
+  std::pair<torch::Tensor, torch::Tensor> run(const torch::Tensor& x, const torch::Tensor& state,
+                                              bool add_residual);
 };
 TORCH_MODULE(DecoderLayer);
 

@@ -41,6 +41,7 @@ struct TrainConfig {
   std::string device = "auto";
   std::string precision = "fp32";  // fp32 | bf16 (autocast, GPU only)
   int threads = 0;                 // intra-op threads per rank; 0 = cores / ranks on the node
+  int64_t cpu_cache_mb = 2048;     // free CPU memory the caching allocator keeps; 0 = c10's own
   int64_t log_every = 10;
   std::string metrics_file;
   int64_t eval_every = 0;  // 0 = only at the end (when val_data is set)

@@ -36,6 +36,20 @@ class FlatAdam {
   int64_t step_ = 0;
 };
 
+// The CPU update of n elements, on the calling thread: FlatAdam::step splits the buffer over
+// threads and runs this on each piece. The AVX2 path (chosen at run time) and the scalar one round
+// identically: the same operations in the same order, with no fused multiply-add.
+struct AdamScalars {
+  float beta1, beta2, eps, weight_decay;
+  float step_size;  // lr / (1 - beta1^t)
+  float sqrt_bc2;   // sqrt(1 - beta2^t)
+  float decay;      // AdamW's 1 - lr*wd; 1 for Adam
+  bool l2;          // Adam with weight decay: g += wd*p
+};
+void adam_update_cpu(float* p, const float* g, float* m, float* v, int64_t n, const AdamScalars& s,
+                     bool allow_simd = true);
+bool adam_update_has_avx2();
+
 // Learning rate at `step` (0-based): linear warmup to `lr` over `warmup` steps, then constant or
 // cosine decay to `min_lr` at `total` steps.
 double learning_rate(int64_t step, int64_t total, double lr, double min_lr, int64_t warmup,

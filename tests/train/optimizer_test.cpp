@@ -1,0 +1,109 @@
+// FlatAdam (train/optimizer.h) against libtorch's own torch::optim::Adam / AdamW, and its vector
+// kernel against its scalar one.
+#include "samout/train/optimizer.h"
+
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace samout::train {
+namespace {
+
+// Runs `steps` updates of FlatAdam and of torch's optimizer from the same start, with the same
+// gradients (fresh random ones each step), and returns the largest parameter difference. The
+// weights are O(1) and move by ~lr per step, so float rounding alone stays near 1e-7.
+double compare_with_torch(bool decoupled, double wd, int64_t n, int steps) {
+  torch::manual_seed(7);
+  auto start = torch::randn({n});
+  auto flat = start.clone();
+  auto grads = torch::zeros({n});
+  AdamOptions opts;
+  opts.weight_decay = wd;
+  opts.decoupled = decoupled;
+  FlatAdam ours(flat, grads, 0, n, opts);
+
+  auto ref = start.clone().requires_grad_(true);
+  std::unique_ptr<torch::optim::Optimizer> theirs;
+  if (decoupled)
+    theirs = std::make_unique<torch::optim::AdamW>(
+        std::vector<torch::Tensor>{ref}, torch::optim::AdamWOptions(1e-2).weight_decay(wd));
+  else
+    theirs = std::make_unique<torch::optim::Adam>(
+        std::vector<torch::Tensor>{ref}, torch::optim::AdamOptions(1e-2).weight_decay(wd));
+  for (int s = 0; s < steps; ++s) {
+    auto g = torch::randn({n});
+    grads.copy_(g);
+    ours.step(1e-2);
+    ref.mutable_grad() = g.clone();
+    theirs->step();
+  }
+  EXPECT_EQ(ours.steps_taken(), steps);
+  EXPECT_GT((flat - start).abs().mean().item<double>(), 5e-3);  // the weights did move
+  return (flat - ref.detach()).abs().max().item<double>();
+}
+
+TEST(FlatAdam, MatchesTorchAdam) { EXPECT_LT(compare_with_torch(false, 0.0, 1000, 6), 1e-6); }
+TEST(FlatAdam, MatchesTorchAdamWithL2) { EXPECT_LT(compare_with_torch(false, 0.1, 1000, 6), 1e-6); }
+TEST(FlatAdam, MatchesTorchAdamW) { EXPECT_LT(compare_with_torch(true, 0.1, 1000, 6), 1e-6); }
+
+// The update moves the weights: a broken kernel that wrote nothing would fail here.
+TEST(FlatAdam, FirstStepMovesEachWeightByLr) {
+  torch::manual_seed(11);
+  auto p = torch::zeros({100}), g = torch::randn({100});
+  FlatAdam adam(p, g, 0, 100, AdamOptions{});
+  adam.step(1e-3);
+  // Step 1 of Adam: m/bc1 = g, sqrt(v/bc2) = |g|, so each weight moves by lr * sign(g) (up to
+  // eps / |g|, which is below 1e-4 for these gradients).
+  ASSERT_GT(g.abs().min().item<float>(), 1e-4f);
+  EXPECT_TRUE(torch::allclose(p, -1e-3 * g.sign(), 1e-4, 0.0));
+}
+
+TEST(FlatAdam, UpdatesOnlyItsRange) {
+  auto p = torch::randn({500}), g = torch::randn({500});
+  auto before = p.clone();
+  FlatAdam adam(p, g, 100, 321, AdamOptions{});
+  adam.step(1e-2);
+  EXPECT_TRUE(torch::equal(p.narrow(0, 0, 100), before.narrow(0, 0, 100)));
+  EXPECT_TRUE(torch::equal(p.narrow(0, 321, 179), before.narrow(0, 321, 179)));
+  EXPECT_FALSE(torch::equal(p.narrow(0, 100, 221), before.narrow(0, 100, 221)));
+  EXPECT_EQ(adam.exp_avg().numel(), 221);
+}
+
+// Vector and scalar kernels agree bitwise, for every tail length and every option.
+TEST(AdamKernel, VectorMatchesScalarBitwise) {
+  if (!adam_update_has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path exists";
+  for (bool l2 : {false, true})
+    for (float decay : {1.0f, 0.999f})
+      for (int64_t n : {1, 7, 8, 9, 15, 16, 17, 31, 1000, 4099}) {
+        torch::manual_seed(n);
+        auto p = torch::randn({n}), g = torch::randn({n}) * 3, m = torch::randn({n}) * 0.1;
+        auto v = torch::rand({n}) * 0.01;
+        auto p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
+        AdamScalars s{0.9f, 0.999f, 1e-8f, 0.05f, 1e-3f / 0.19f, std::sqrt(0.002999f), decay, l2};
+        adam_update_cpu(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(),
+                        v.data_ptr<float>(), n, s, /*allow_simd=*/true);
+        adam_update_cpu(p2.data_ptr<float>(), g.data_ptr<float>(), m2.data_ptr<float>(),
+                        v2.data_ptr<float>(), n, s, /*allow_simd=*/false);
+        EXPECT_TRUE(torch::equal(p, p2)) << "n=" << n << " l2=" << l2 << " decay=" << decay;
+        EXPECT_TRUE(torch::equal(m, m2)) << "n=" << n;
+        EXPECT_TRUE(torch::equal(v, v2)) << "n=" << n;
+      }
+}
+
+TEST(FlatAdam, SameResultAtOneAndTwoThreads) {
+  const int saved = at::get_num_threads();
+  std::vector<torch::Tensor> out;
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    torch::manual_seed(3);
+    auto p = torch::randn({100003}), g = torch::randn({100003});
+    FlatAdam adam(p, g, 0, p.numel(), AdamOptions{});
+    for (int s = 0; s < 3; ++s) adam.step(1e-3);
+    out.push_back(p);
+  }
+  at::set_num_threads(saved);
+  EXPECT_TRUE(torch::equal(out[0], out[1]));
+}
+
+}  // namespace
+}  // namespace samout::train
