@@ -70,20 +70,6 @@ class MpiCommunicator final : public Communicator {
     wait_one(&req);
   }
 
-  void reduce_scatter_sum(torch::Tensor flat) override {
-    CHECK(flat.is_cpu() && flat.is_contiguous() && flat.numel() % world_ == 0);
-    if (world_ == 1) return;
-    const int64_t n = flat.numel() / world_;
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    auto block = torch::empty({n}, flat.options());
-    MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Ireduce_scatter_block(flat.data_ptr(), block.data_ptr(), static_cast<int>(n),
-                                               mpi_type(flat), MPI_SUM, MPI_COMM_WORLD, &req));
-    wait_one(&req);
-    flat.narrow(0, rank * n, n).copy_(block);
-  }
-
   void all_gather(torch::Tensor flat) override {
     CHECK(flat.is_cpu() && flat.is_contiguous() && flat.numel() % world_ == 0);
     if (world_ == 1) return;

@@ -79,18 +79,6 @@ class NcclCommunicator final : public Communicator {
     watch(*last_done_);
   }
 
-  void reduce_scatter_sum(torch::Tensor flat) override {
-    CHECK(flat.is_cuda() && flat.is_contiguous() && flat.numel() % world_ == 0);
-    if (world_ == 1) return;
-    const int64_t n = flat.numel() / world_;
-    run_on_comm_stream([&](cudaStream_t s) {
-      // In place: NCCL allows recvbuff == sendbuff + rank * recvcount.
-      auto* base = static_cast<char*>(flat.data_ptr());
-      SAMOUT_NCCL_CHECK(ncclReduceScatter(base, base + rank_ * n * flat.element_size(), n,
-                                          nccl_type(flat), ncclSum, comm_, s));
-    });
-  }
-
   void all_gather(torch::Tensor flat) override {
     CHECK(flat.is_cuda() && flat.is_contiguous() && flat.numel() % world_ == 0);
     if (world_ == 1) return;

@@ -25,10 +25,8 @@ class Communicator {
   // Waits for every collective started so far; returns the seconds spent waiting.
   virtual double wait_all() = 0;
 
-  // ZeRO-1 (blocking). `flat` is split into world() equal blocks (its numel divides by world()).
-  // reduce_scatter_sum: afterwards block r holds, on rank r, the sum over ranks of block r (the
-  // other blocks are left undefined). all_gather: afterwards every rank holds rank r's block r.
-  virtual void reduce_scatter_sum(torch::Tensor flat) = 0;
+  // ZeRO-1 (blocking). `flat` is split into world() equal blocks (its numel divides by world());
+  // afterwards every rank holds rank r's block r.
   virtual void all_gather(torch::Tensor flat) = 0;
 
   // Blocking helpers (start-up, metrics): in-place sum, and broadcast from `root`.

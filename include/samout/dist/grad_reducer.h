@@ -11,9 +11,10 @@
 // zero, while backward goes on with earlier layers. Earlier micro-steps only accumulate locally.
 //
 // ZeRO-1 (zero = true). The flat buffers are padded to a multiple of the world size and split into
-// equal shards, one per rank. finish() reduce-scatters the gradients (rank r gets the sums of its
-// shard only), the optimizer updates that shard, and all_gather_params() brings every rank the
-// others' updated shards. Optimizer state then exists for 1/W of the parameters per rank.
+// equal shards, one per rank. Buckets are all-reduced during backward exactly as above (see launch()
+// for why not reduce-scattered); rank r then uses the sums of its shard only: the optimizer updates
+// that shard, and all_gather_params() brings every rank the others' updated shards. Optimizer state
+// exists for 1/W of the parameters per rank.
 #pragma once
 
 #include <torch/torch.h>
