@@ -27,6 +27,7 @@ namespace {
 // 256: the model's K is 512 for most products, so C is written once instead of read and written
 // twice; measured on the development machine, one step's products went from ~1450 to ~1230 ms.
 constexpr int64_t MR = 6, NR = 16;
+static_assert(MR == 6, "pack_a copies a full panel with six unrolled rows");
 constexpr int64_t KC = 512, MC = 72, NC = 4096;
 
 // An (i, j) view of a strided matrix: element (i, j) is p[i * rs + j * cs].
@@ -42,13 +43,27 @@ struct View {
 // cost as much as a fifth of a product's time.
 void pack_a(const View& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* pa) {
   const int64_t panels = (mc + MR - 1) / MR;
-  if (A.cs == 1) {  // rows contiguous along k: read each row once, write with stride MR
+  if (A.cs == 1) {  // rows contiguous along k
     for (int64_t ip = 0; ip < mc; ip += MR) {
       float* dst = pa + ip * kc;
       const int64_t rows = std::min(MR, mc - ip);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* src = &A.at(i0 + ip + r, k0);
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
+      const float* src = &A.at(i0 + ip, k0);
+      if (rows == MR) {
+        // The six rows side by side, k outermost: six sequential read streams and one sequential
+        // write stream. 1-2.5 % faster over the forward and dL/dx products than a row at a time
+        // with writes MR floats apart (interleaved A/B runs in one process).
+        const int64_t rs = A.rs;
+        for (int64_t k = 0; k < kc; ++k, dst += MR) {
+          dst[0] = src[k];
+          dst[1] = src[rs + k];
+          dst[2] = src[2 * rs + k];
+          dst[3] = src[3 * rs + k];
+          dst[4] = src[4 * rs + k];
+          dst[5] = src[5 * rs + k];
+        }
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[r * A.rs + k];
       }
     }
   } else {  // columns contiguous along i (a transposed view such as dy.t()): a column at a time

@@ -102,6 +102,20 @@ TEST(Gemm, EmptyAndStridedOutput) {
   EXPECT_EQ(wide.narrow(1, 23, 27).abs().sum().item<float>(), 0.0f);
 }
 
+// A as a column slice of a wider matrix (row stride > K), with K past one KC block and rows that end
+// in a partial register panel: the packing reads every row at its own stride.
+TEST(Gemm, StridedRowsOfA) {
+  torch::manual_seed(4);
+  for (int64_t M : {6, 7, 83}) {
+    auto wide = torch::randn({M, 700});
+    const auto A = wide.narrow(1, 3, 600);
+    const auto B = torch::randn({600, 37});
+    auto C = torch::empty({M, 37});
+    gemm_cpu(A, B, C, 0.0f);
+    EXPECT_LT(rel_err(C, torch::mm(A.to(torch::kDouble), B.to(torch::kDouble))), 1e-5) << "M=" << M;
+  }
+}
+
 TEST(Gemm, RejectsBadArguments) {
   auto C = torch::empty({2, 3});
   EXPECT_THROW(gemm_cpu(torch::randn({2, 4}), torch::randn({5, 3}), C), c10::Error);
