@@ -11,6 +11,8 @@
 #include <cmath>
 #include <limits>
 
+#include "avx2_util.h"
+#include "samout/common/cpu_features.h"
 #include "samout/ops/cross_entropy.h"
 
 #if defined(__x86_64__)
@@ -64,15 +66,9 @@ __attribute__((target("avx2,fma"))) inline __m256 exp_nonpos(__m256 x) {
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-__attribute__((target("avx2,fma"))) float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 __attribute__((target("avx2,fma"))) void row_avx2(const float* x, int64_t V, int64_t t, float* loss,
@@ -122,13 +118,14 @@ __attribute__((target("avx2,fma"))) void row_avx2(const float* x, int64_t V, int
   *loss = static_cast<float>(static_cast<double>(mx) + std::log(sum) - x[t]);
   if (grad) {
     const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
-    for (j = 0; j < V8; j += 8) _mm256_storeu_ps(grad + j, _mm256_mul_ps(_mm256_loadu_ps(grad + j), inv));
+    for (j = 0; j < V8; j += 8)
+      _mm256_storeu_ps(grad + j, _mm256_mul_ps(_mm256_loadu_ps(grad + j), inv));
     for (; j < V; ++j) grad[j] *= static_cast<float>(1.0 / sum);
     grad[t] -= 1.0f;
   }
 }
 
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+const bool kAvx2 = cpu_has_avx2_fma();
 #endif
 
 }  // namespace

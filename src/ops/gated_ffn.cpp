@@ -12,14 +12,6 @@
 namespace samout::ops {
 namespace {
 
-// out (M, n) = x2 @ w^T + b, the bias broadcast first so the product adds onto it (no second pass).
-torch::Tensor affine(const torch::Tensor& x2, const torch::Tensor& w, const torch::Tensor& b) {
-  auto out = torch::empty({x2.size(0), w.size(0)}, x2.options());
-  out.copy_(b.expand_as(out));
-  gemm_cpu(x2, w.t(), out, 1.0f);
-  return out;
-}
-
 class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& y,
@@ -29,7 +21,7 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
     const int64_t f = w1.size(0);
     const auto y2 = y.reshape({-1, y.size(-1)}).contiguous();
     const auto wcat = torch::cat({w1, wg}, 0);  // (2f, d): 2 MB at the seed's size, per call
-    const auto u = affine(y2, wcat, torch::cat({b1, bg}, 0));  // (M, 2f) = [a | g]
+    const auto u = linear_2d_cpu(y2, wcat, torch::cat({b1, bg}, 0));  // (M, 2f) = [a | g]
     const int64_t M = u.size(0);
     auto h = torch::empty({M, f}, u.options());
     const float* up = u.data_ptr<float>();
@@ -42,7 +34,7 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
         for (int64_t j = 0; j < f; ++j) hr[j] = a[j] * std::max(g[j], 0.0f);
       }
     });
-    auto out = affine(h, w2, b2);
+    auto out = linear_2d_cpu(h, w2, b2);
     ctx->save_for_backward({y2, wcat, u, h, w2});
     auto shape = y.sizes().vec();
     shape.back() = w2.size(0);
@@ -98,7 +90,8 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
 
 }  // namespace
 
-bool gated_ffn_uses_fused(const torch::Tensor& y, const torch::Tensor& w1, const torch::Tensor& w2) {
+bool gated_ffn_uses_fused(const torch::Tensor& y, const torch::Tensor& w1,
+                          const torch::Tensor& w2) {
   return linear_uses_gemm_cpu(y, w1, torch::Tensor()) && w2.is_cpu() &&
          w2.scalar_type() == torch::kFloat32 && w2.dim() == 2 && w2.size(1) == w1.size(0);
 }
@@ -119,11 +112,12 @@ torch::Tensor gated_ffn(const torch::Tensor& y, const torch::Tensor& w1, const t
                       w2.requires_grad() || b1.requires_grad() || bg.requires_grad() ||
                       b2.requires_grad());
   // Inference keeps the composite: linear() sends few-row products to the GEMV there.
-  if (!track || !gated_ffn_uses_fused(y, w1, w2)) return gated_ffn_composite(y, w1, b1, wg, bg, w2, b2);
+  if (!track || !gated_ffn_uses_fused(y, w1, w2))
+    return gated_ffn_composite(y, w1, b1, wg, bg, w2, b2);
   TORCH_CHECK(wg.sizes() == w1.sizes() && b1.dim() == 1 && b1.size(0) == w1.size(0) &&
                   bg.sizes() == b1.sizes() && b2.dim() == 1 && b2.size(0) == w2.size(0),
-              "gated_ffn: shapes W1 ", w1.sizes(), ", b1 ", b1.sizes(), ", Wg ", wg.sizes(), ", bg ",
-              bg.sizes(), ", W2 ", w2.sizes(), ", b2 ", b2.sizes(), " do not fit");
+              "gated_ffn: shapes W1 ", w1.sizes(), ", b1 ", b1.sizes(), ", Wg ", wg.sizes(),
+              ", bg ", bg.sizes(), ", W2 ", w2.sizes(), ", b2 ", b2.sizes(), " do not fit");
   return GatedFfnFunction::apply(y, w1, b1, wg, bg, w2, b2);
 }
 

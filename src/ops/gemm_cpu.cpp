@@ -12,6 +12,8 @@
 #include <cstring>
 #include <memory>
 
+#include "samout/common/cpu_features.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define SAMOUT_GEMM_X86 1
@@ -177,7 +179,7 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* pa
 
 Kernel pick_kernel() {
 #ifdef SAMOUT_GEMM_X86
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kernel_avx2;
+  if (cpu_has_avx2_fma()) return kernel_avx2;
 #endif
   return kernel_portable;
 }

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 
+#include "avx2_util.h"
+#include "samout/common/cpu_features.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define SAMOUT_GEMV_X86 1
@@ -40,13 +43,6 @@ inline void dot_portable(const float* w, int64_t K, int64_t k0, const float* x, 
 }
 
 #ifdef SAMOUT_GEMV_X86
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // acc[b] = sum over k of w[k] * x[b * K + k] for b < NB: one pass over a row of W, 8 floats a FMA.
 // U = 4 independent accumulators per row of x (at most 12 of the 16 ymm registers) keep the FMA
 // latency off the critical path; the K % 8 tail runs on the portable loop. U does not depend on NB,
@@ -79,16 +75,10 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* w, int64_t K, con
   if (K8 < K) dot_portable<NB>(w, K, K8, x, acc);
 }
 
-bool detect_avx2() {
-  __builtin_cpu_init();  // harmless when already done; needed if this runs before libgcc's init
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#else
-bool detect_avx2() { return false; }
 #endif
 
 bool have_avx2() {
-  static const bool yes = detect_avx2();
+  static const bool yes = cpu_has_avx2_fma();
   return yes;
 }
 

@@ -9,19 +9,6 @@
 namespace samout::ops {
 namespace {
 
-// y = x2 @ w^T (+ b) for x2 (M, K): the bias is broadcast into y first and the product added to it,
-// so there is no second pass over y.
-torch::Tensor forward_2d(const torch::Tensor& x2, const torch::Tensor& w, const torch::Tensor& b) {
-  auto y = torch::empty({x2.size(0), w.size(0)}, x2.options());
-  if (b.defined()) {
-    y.copy_(b.expand_as(y));
-    gemm_cpu(x2, w.t(), y, 1.0f);
-  } else {
-    gemm_cpu(x2, w.t(), y, 0.0f);
-  }
-  return y;
-}
-
 std::vector<int64_t> out_shape(const torch::Tensor& x, int64_t n) {
   auto shape = x.sizes().vec();
   shape.back() = n;
@@ -36,7 +23,7 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     ctx->save_for_backward({x2, w});
     ctx->saved_data["has_bias"] = b.numel() > 0;
     ctx->saved_data["x_shape"] = x.sizes().vec();
-    return forward_2d(x2, w, b.numel() > 0 ? b : torch::Tensor()).view(out_shape(x, w.size(0)));
+    return linear_2d_cpu(x2, w, b.numel() > 0 ? b : torch::Tensor()).view(out_shape(x, w.size(0)));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -62,6 +49,18 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
 
 }  // namespace
 
+torch::Tensor linear_2d_cpu(const torch::Tensor& x2, const torch::Tensor& w,
+                            const torch::Tensor& b) {
+  auto y = torch::empty({x2.size(0), w.size(0)}, x2.options());
+  if (b.defined()) {
+    y.copy_(b.expand_as(y));
+    gemm_cpu(x2, w.t(), y, 1.0f);
+  } else {
+    gemm_cpu(x2, w.t(), y, 0.0f);
+  }
+  return y;
+}
+
 bool linear_uses_gemm_cpu(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   auto ok = [](const torch::Tensor& t) {
     return t.is_cpu() && t.scalar_type() == torch::kFloat32 && t.layout() == torch::kStrided;
@@ -82,7 +81,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
     const auto opt_b = b.defined() ? c10::optional<torch::Tensor>(b) : c10::nullopt;
     if (linear_rows_fast(x, w, opt_b)) return linear_rows(x, w, opt_b);
     const auto x2 = x.reshape({-1, x.size(-1)}).contiguous();
-    return forward_2d(x2, w, b).view(out_shape(x, w.size(0)));
+    return linear_2d_cpu(x2, w, b).view(out_shape(x, w.size(0)));
   }
   // Function::apply cannot take an undefined tensor; "no bias" travels as an empty one.
   return LinearFunction::apply(x, w, b.defined() ? b : torch::empty({0}, w.options()));

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "samout/common/cpu_features.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -109,7 +111,7 @@ __attribute__((target("avx2"))) void adam_avx2(float* p, const float* g, float* 
   adam_scalar(p + i, g + i, m + i, v + i, n - i, s);
 }
 
-const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+const bool kHasAvx2 = cpu_has_avx2_fma();
 #else
 const bool kHasAvx2 = false;
 #endif

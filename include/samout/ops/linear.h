@@ -12,6 +12,11 @@ namespace samout::ops {
 // x: (..., K); w: (N, K); b: undefined or (N,). Returns (..., N).
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {});
 
+// y (M, N) = x2 @ w^T (+ b) on gemm_cpu, without autograd, for a contiguous 2-D fp32 CPU x2 (M, K):
+// the bias is broadcast into y first and the product added onto it, so there is no second pass.
+torch::Tensor linear_2d_cpu(const torch::Tensor& x2, const torch::Tensor& w,
+                            const torch::Tensor& b = {});
+
 // Whether linear() takes the gemm_cpu path for these tensors.
 bool linear_uses_gemm_cpu(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
 
