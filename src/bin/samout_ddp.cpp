@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
       "samout_ddp",
       [&] {
         auto cfg = samout::train::config_from_flags();
-        samout::dist::select_device(ctx, cfg.device);
+        samout::dist::select_device(ctx, cfg.device, cfg.comm);
         return samout::train::run_training(cfg, ctx);
       },
       /*report_usage=*/ctx.is_root());

@@ -55,19 +55,32 @@ DistContext init_distributed(int* argc, char*** argv) {
   return ctx;
 }
 
-void select_device(DistContext& ctx, const std::string& device) {
+void select_device(DistContext& ctx, const std::string& device, const std::string& comm) {
   require(device == "auto" || device == "cpu" || device == "cuda",
           "--device must be auto, cpu or cuda, got '" + device + "'");
+  require(comm == "auto" || comm == "nccl" || comm == "mpi",
+          "--comm must be auto, nccl or mpi, got '" + comm + "'");
   const int64_t gpus = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
   require(device != "cuda" || gpus > 0, "--device=cuda but no CUDA device is visible");
-  if (device != "cpu" && gpus > 0) {
-    require(ctx.local_world <= gpus, std::to_string(ctx.local_world) + " ranks on host " + ctx.host +
-                                         " but only " + std::to_string(gpus) + " GPUs");
-    ctx.device = torch::Device(torch::kCUDA, ctx.local_rank);
-#ifdef SAMOUT_HAVE_CUDA
-    c10::cuda::set_device(ctx.local_rank);  // cudaSetDevice: every later CUDA call lands here
-#endif
+  const bool cuda = device != "cpu" && gpus > 0;
+  require(cuda || comm != "nccl", "--comm=nccl needs CUDA devices; this run is on the CPU");
+  ctx.comm = cuda && comm != "mpi" ? CommKind::kNccl : CommKind::kMpi;
+  if (!cuda) return;
+  if (ctx.comm == CommKind::kNccl) {
+    require(ctx.local_world <= gpus,
+            std::to_string(ctx.local_world) + " ranks on host " + ctx.host + " but only " +
+                std::to_string(gpus) +
+                " GPUs (NCCL needs one GPU per rank; --comm=mpi lets ranks share one, for testing)");
+  } else if (ctx.local_world > gpus && ctx.local_rank == 0) {
+    LOG(WARNING) << ctx.local_world << " ranks share " << gpus << " GPU(s) on host " << ctx.host
+                 << " (--comm=mpi, gradients staged through host memory): for testing multi-rank "
+                    "logic, not for speed";
   }
+  const int index = static_cast<int>(ctx.local_rank % gpus);
+  ctx.device = torch::Device(torch::kCUDA, index);
+#ifdef SAMOUT_HAVE_CUDA
+  c10::cuda::set_device(index);  // cudaSetDevice: every later CUDA call lands here
+#endif
 }
 
 void barrier() { SAMOUT_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }

@@ -35,7 +35,7 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm, 
     auto& p = params_[i];
     const int64_t n = p.numel();
     if (buckets_.empty() || buckets_.back().end - buckets_.back().begin >= bucket_elems)
-      buckets_.push_back(Bucket{offset, offset, 0, 0, false});
+      buckets_.push_back(Bucket{offset, offset, 0, 0});
     Bucket& b = buckets_.back();
     b.end = offset + n;
     ++b.num_params;
@@ -67,32 +67,47 @@ void GradReducer::zero_grad() { flat_grads_.zero_(); }
 
 void GradReducer::begin_backward(bool sync) {
   sync_ = sync;
+  next_launch_ = 0;
+  launch_order_.clear();
   for (auto& b : buckets_) {
     b.waiting = b.num_params;
-    b.launched = false;
   }
 }
 
 void GradReducer::on_grad_ready(int64_t bucket) {
-  Bucket& b = buckets_[bucket];
-  if (--b.waiting == 0 && sync_) launch(b);
-  if (sync_) comm_.progress();
+  --buckets_[bucket].waiting;
+  if (!sync_) return;
+  // Collectives must be issued in the same order on every rank, and the order in which hooks fire
+  // may differ between ranks (autograd's scheduling, unused parameters): launch buckets strictly in
+  // bucket order, each as soon as it and every bucket before it are ready, as PyTorch DDP does.
+  while (next_launch_ < num_buckets() && buckets_[next_launch_].waiting == 0)
+    launch(next_launch_++);
+  comm_.progress();
 }
 
-void GradReducer::launch(Bucket& b) {
-  b.launched = true;
+void GradReducer::launch(int64_t index) {
+  const Bucket& b = buckets_[index];
   // ZeRO-1 all-reduces its buckets too, although a rank needs only its own shard's sums. A
   // reduce-scatter sends half the bytes but cannot start before backward ends (its blocks are whole
   // shards), and per-bucket MPI_Ireduce calls to each owner, tried in place of it, were slower still
   // on Open MPI's shared-memory transport: 350-620 ms of waiting per step at the seed's size against
   // 120-180 ms for the reduce-scatter and under 50 ms for overlapped all-reduces.
-  comm_.allreduce_sum_async(flat_grads_.narrow(0, b.begin, b.end - b.begin));
+  comm_.allreduce_sum_async(flat_grads_.narrow(0, b.begin, b.end - b.begin),
+                            "all-reduce of gradient bucket " + std::to_string(index + 1) + "/" +
+                                std::to_string(num_buckets()));
+  launch_order_.push_back(index);
 }
 
 double GradReducer::finish() {
-  for (auto& b : buckets_)
-    if (!b.launched) launch(b);  // a parameter that got no gradient must not stall the step
+  // Buckets still waiting (a parameter that got no gradient must not stall the step), in order.
+  while (next_launch_ < num_buckets()) launch(next_launch_++);
   return comm_.wait_all();
+}
+
+std::vector<std::pair<int64_t, int64_t>> GradReducer::bucket_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> r;
+  for (const auto& b : buckets_) r.emplace_back(b.begin, b.end);
+  return r;
 }
 
 void GradReducer::all_gather_params() {

@@ -1,4 +1,5 @@
-// MPI collectives for CPU tensors.
+// MPI collectives. CPU tensors are reduced in place; CUDA tensors (--comm=mpi, ranks sharing a GPU)
+// go through pinned host buffers: copied out before the collective, copied back after it.
 #include <glog/logging.h>
 
 #include <chrono>
@@ -23,6 +24,25 @@ MPI_Datatype mpi_type(const torch::Tensor& t) {
   }
 }
 
+// The host memory MPI works on: the tensor itself on the CPU, else a pinned copy of it. The copy out
+// is synchronous (MPI needs the values now); the copy back is queued on the current stream, and the
+// pinned block is not reused before it is done (PyTorch's caching host allocator records the copy).
+struct HostView {
+  torch::Tensor device, host;
+  explicit HostView(const torch::Tensor& t) : device(t) {
+    CHECK(t.is_contiguous());
+    if (t.is_cpu()) {
+      host = t;
+    } else {
+      host = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
+      host.copy_(t);
+    }
+  }
+  void copy_back() {
+    if (!device.is_cpu()) device.copy_(host, /*non_blocking=*/true);
+  }
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(int world, double timeout_s) : Communicator(world, timeout_s) {}
@@ -31,12 +51,12 @@ class MpiCommunicator final : public Communicator {
     if (!pending_.empty()) LOG(WARNING) << pending_.size() << " MPI requests left at shutdown";
   }
 
-  void allreduce_sum_async(torch::Tensor flat) override {
-    CHECK(flat.is_cpu() && flat.is_contiguous());
+  void allreduce_sum_async(torch::Tensor flat, const std::string& what) override {
     if (world_ == 1) return;
-    pending_.push_back({flat, MPI_REQUEST_NULL});
-    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, flat.data_ptr(), static_cast<int>(flat.numel()),
-                                    mpi_type(flat), MPI_SUM, MPI_COMM_WORLD, &pending_.back().req));
+    pending_.push_back({HostView(flat), MPI_REQUEST_NULL, what});
+    auto& h = pending_.back().view.host;
+    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h.data_ptr(), static_cast<int>(h.numel()),
+                                    mpi_type(h), MPI_SUM, MPI_COMM_WORLD, &pending_.back().req));
   }
 
   void progress() override {
@@ -48,71 +68,70 @@ class MpiCommunicator final : public Communicator {
 
   double wait_all() override {
     const auto start = std::chrono::steady_clock::now();
-    // MPI_Waitall has no deadline; test in a loop so that a dead peer cannot hang us.
     for (auto& p : pending_) {
-      int done = 0;
-      while (p.req != MPI_REQUEST_NULL) {
-        SAMOUT_MPI_CHECK(MPI_Test(&p.req, &done, MPI_STATUS_IGNORE));
-        if (done) break;
-        check_deadline(start);
-      }
+      wait_one(&p.req, p.what, start);
+      p.view.copy_back();
     }
     pending_.clear();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 
   void allreduce_sum(torch::Tensor t) override {
-    CHECK(t.is_cpu() && t.is_contiguous());
     if (world_ == 1) return;
+    HostView v(t);
     MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()),
-                                    mpi_type(t), MPI_SUM, MPI_COMM_WORLD, &req));
-    wait_one(&req);
+    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v.host.data_ptr(), static_cast<int>(v.host.numel()),
+                                    mpi_type(v.host), MPI_SUM, MPI_COMM_WORLD, &req));
+    wait_one(&req, "all-reduce", std::chrono::steady_clock::now());
+    v.copy_back();
   }
 
   void all_gather(torch::Tensor flat) override {
-    CHECK(flat.is_cpu() && flat.is_contiguous() && flat.numel() % world_ == 0);
     if (world_ == 1) return;
+    CHECK(flat.numel() % world_ == 0);
+    HostView v(flat);
     const int n = static_cast<int>(flat.numel() / world_);
     MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, flat.data_ptr(), n,
-                                    mpi_type(flat), MPI_COMM_WORLD, &req));
-    wait_one(&req);
+    SAMOUT_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, v.host.data_ptr(), n,
+                                    mpi_type(v.host), MPI_COMM_WORLD, &req));
+    wait_one(&req, "all-gather of the parameters", std::chrono::steady_clock::now());
+    v.copy_back();
   }
 
   void broadcast(torch::Tensor t, int root) override {
-    CHECK(t.is_cpu() && t.is_contiguous());
     if (world_ == 1) return;
+    HostView v(t);
     MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Ibcast(t.data_ptr(), static_cast<int>(t.numel()), mpi_type(t), root,
-                                MPI_COMM_WORLD, &req));
-    wait_one(&req);
+    SAMOUT_MPI_CHECK(MPI_Ibcast(v.host.data_ptr(), static_cast<int>(v.host.numel()),
+                                mpi_type(v.host), root, MPI_COMM_WORLD, &req));
+    wait_one(&req, "broadcast", std::chrono::steady_clock::now());
+    v.copy_back();
   }
 
  private:
   struct Pending {
-    torch::Tensor flat;  // keeps the buffer alive until the collective completes
+    HostView view;  // keeps the buffers alive until the collective completes
     MPI_Request req;
+    std::string what;
   };
 
-  void wait_one(MPI_Request* req) {
-    const auto start = std::chrono::steady_clock::now();
+  // MPI_Wait has no deadline: test in a loop so that a dead peer cannot hang us. Between
+  // unsuccessful tests, back off a little so that a waiting rank does not steal a core from a peer
+  // that is still computing on the same node.
+  void wait_one(MPI_Request* req, const std::string& what,
+                std::chrono::steady_clock::time_point start) const {
     int done = 0;
-    while (!done) {
+    while (*req != MPI_REQUEST_NULL) {
       SAMOUT_MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
-      if (!done) check_deadline(start);
+      if (done) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+      const double waited =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (waited > timeout_s_)
+        abort_job("MPI " + what + " of step " + std::to_string(step_) +
+                  " did not complete within --comm_timeout_s=" + std::to_string(timeout_s_) +
+                  " s (a peer died or hangs)");
     }
-  }
-
-  // Called between unsuccessful MPI_Tests: after a short spin, back off a little so that a waiting
-  // rank does not steal a core from a peer that is still computing on the same node.
-  void check_deadline(std::chrono::steady_clock::time_point start) const {
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
-    const double waited =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (timeout_s_ > 0 && waited > timeout_s_)
-      abort_job("MPI collective did not complete within --comm_timeout_s=" +
-                std::to_string(timeout_s_) + " s (a peer died or hangs)");
   }
 
   std::vector<Pending> pending_;
@@ -125,13 +144,14 @@ std::unique_ptr<Communicator> make_mpi_communicator(const DistContext& ctx, doub
 }
 
 std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double timeout_s) {
-  if (ctx.device.is_cuda()) return make_nccl_communicator(ctx, timeout_s);
+  if (ctx.comm == CommKind::kNccl && ctx.world > 1) return make_nccl_communicator(ctx, timeout_s);
   return make_mpi_communicator(ctx, timeout_s);
 }
 
-#ifndef SAMOUT_HAVE_CUDA
+#ifndef SAMOUT_HAVE_NCCL
+bool nccl_compiled() { return false; }
 std::unique_ptr<Communicator> make_nccl_communicator(const DistContext&, double) {
-  throw UsageError("this build has no NCCL: use --device=cpu");
+  throw UsageError("this build has no NCCL: use --comm=mpi or --device=cpu");
 }
 #endif
 

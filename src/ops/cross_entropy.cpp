@@ -25,8 +25,8 @@ class CrossEntropySum : public torch::autograd::Function<CrossEntropySum> {
     if (ctx) {  // the gradient, in the same buffer: softmax - one_hot, zero on ignored rows
       buf.exp_();
       buf.scatter_add_(1, idx, -valid.to(buf.scalar_type()).unsqueeze(1));
-      const auto ignored = valid.logical_not().nonzero().squeeze(1);
-      if (ignored.numel() > 0) buf.index_fill_(0, ignored, 0);
+      // A mask, not nonzero(): nonzero's output size would need a device-to-host sync.
+      buf.masked_fill_(valid.logical_not().unsqueeze(1), 0);
       ctx->save_for_backward({buf});
     }
     return loss;

@@ -3,6 +3,8 @@
 
 #include <gflags/gflags.h>
 
+#include <cmath>
+
 #include "samout/common/error.h"
 
 // ---- model
@@ -34,6 +36,7 @@ DEFINE_double(grad_clip, 0.0, "clip gradients to this global norm; 0 = off");
 DEFINE_uint64(seed, 0, "seed of the initial weights and of the data shuffle");
 DEFINE_string(device, "auto", "auto | cpu | cuda");
 DEFINE_string(precision, "fp32", "fp32 | bf16 (autocast; GPU only)");
+DEFINE_bool(tf32, false, "GPU fp32 products on TF32 tensor cores (MFU then uses the TF32 peak)");
 DEFINE_int32(threads, 0, "intra-op threads per rank; 0 = cores / ranks on the node");
 DEFINE_int64(cpu_cache_mb, 2048,
              "MB of freed CPU tensor memory kept for reuse (train/cpu_allocator.h); 0 = off");
@@ -41,7 +44,9 @@ DEFINE_int64(log_every, 10, "log a line every N steps");
 DEFINE_string(metrics_file, "", "JSONL file of per-step metrics (rank 0 writes it)");
 DEFINE_int64(eval_every, 0, "evaluate every N steps (0 = at the end only)");
 DEFINE_int64(eval_batches, 8, "global batches per evaluation");
-DEFINE_double(peak_tflops, 0, "peak TFLOP/s per device for MFU; 0 = H100 figures on GPU");
+DEFINE_double(peak_tflops, 0,
+              "peak TFLOP/s per device for MFU; 0 = the card's dense peak for the precision (A100, "
+              "H100 SXM/PCIe/NVL, H200), or no MFU on other devices");
 DEFINE_string(init_from, "", "HDF5 weights file (SPEC.md names) to start from");
 DEFINE_string(save_weights, "", "write the final weights here (HDF5, SPEC.md names; rank 0)");
 // ---- checkpoints
@@ -54,9 +59,14 @@ DEFINE_int32(zero, 0, "1 = ZeRO-1: shard the optimizer state over ranks");
 DEFINE_int64(max_bad_steps, 10, "consecutive non-finite steps (skipped) before the run stops");
 DEFINE_string(debug_nan_steps, "", "TEST ONLY: comma-separated steps whose loss is set to NaN");
 DEFINE_int64(debug_kill_in_save, -1, "TEST ONLY: the last rank kills itself mid-save of this step");
+DEFINE_bool(debug_sync_check, false,
+            "TEST ONLY: on a GPU, any host sync inside a training step (after the first) is an error");
 // ---- communication
 DEFINE_int64(bucket_mb, 25, "gradient bucket size in MB");
 DEFINE_double(comm_timeout_s, 300, "seconds a collective may take before the job is aborted");
+DEFINE_string(comm, "auto",
+              "auto (NCCL on GPUs, MPI on CPUs) | nccl | mpi (CUDA tensors staged through host "
+              "memory; lets several ranks share one GPU, for testing)");
 
 namespace samout::train {
 
@@ -88,6 +98,7 @@ TrainConfig config_from_flags() {
   c.seed = FLAGS_seed;
   c.device = FLAGS_device;
   c.precision = FLAGS_precision;
+  c.tf32 = FLAGS_tf32;
   c.threads = FLAGS_threads;
   c.cpu_cache_mb = FLAGS_cpu_cache_mb;
   c.log_every = FLAGS_log_every;
@@ -105,6 +116,7 @@ TrainConfig config_from_flags() {
   c.zero = FLAGS_zero;
   c.max_bad_steps = FLAGS_max_bad_steps;
   c.debug_kill_in_save = FLAGS_debug_kill_in_save;
+  c.debug_sync_check = FLAGS_debug_sync_check;
   for (size_t pos = 0; pos < FLAGS_debug_nan_steps.size();) {
     const size_t comma = std::min(FLAGS_debug_nan_steps.find(',', pos), FLAGS_debug_nan_steps.size());
     const std::string item = FLAGS_debug_nan_steps.substr(pos, comma - pos);
@@ -117,6 +129,7 @@ TrainConfig config_from_flags() {
   }
   c.bucket_mb = FLAGS_bucket_mb;
   c.comm_timeout_s = FLAGS_comm_timeout_s;
+  c.comm = FLAGS_comm;
 
   auto positive = [](int64_t v, const char* name) {
     require(v > 0, std::string("--") + name + " must be positive, got " + std::to_string(v));
@@ -147,6 +160,12 @@ TrainConfig config_from_flags() {
   positive(c.max_bad_steps, "max_bad_steps");
   require(!c.resume.empty(), "--resume must be auto, never or the path of a checkpoint");
   positive(c.bucket_mb, "bucket_mb");
+  // The deadline is what keeps a job with a dead peer from hanging: it cannot be switched off.
+  require(std::isfinite(c.comm_timeout_s) && c.comm_timeout_s > 0,
+          "--comm_timeout_s must be a positive number of seconds, got " +
+              std::to_string(c.comm_timeout_s));
+  require(c.peak_tflops >= 0 && std::isfinite(c.peak_tflops),
+          "--peak_tflops must be >= 0, got " + std::to_string(c.peak_tflops));
   require(c.prefetch >= 0, "--prefetch must be >= 0");
   if (c.tokens > 0) {
     const int64_t per_step = c.batch_size * c.seq_len;

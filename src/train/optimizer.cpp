@@ -22,6 +22,7 @@ FlatAdam::FlatAdam(const torch::Tensor& params, const torch::Tensor& grads, int6
   CHECK(params_.scalar_type() == torch::kFloat32 && params_.is_contiguous() && grads_.is_contiguous());
   exp_avg_ = torch::zeros_like(params_);
   exp_avg_sq_ = torch::zeros_like(params_);
+  steps_ = torch::zeros({}, params_.options());  // float32, as ATen's fused kernels want it
 }
 
 void FlatAdam::set_state(const torch::Tensor& exp_avg, const torch::Tensor& exp_avg_sq,
@@ -29,28 +30,34 @@ void FlatAdam::set_state(const torch::Tensor& exp_avg, const torch::Tensor& exp_
   CHECK(exp_avg.numel() == exp_avg_.numel() && exp_avg_sq.numel() == exp_avg_sq_.numel());
   exp_avg_.copy_(exp_avg);
   exp_avg_sq_.copy_(exp_avg_sq);
-  step_ = steps;
+  steps_.fill_(static_cast<double>(steps));
 }
 
-void FlatAdam::step(double lr) {
-  ++step_;
-  const double bc1 = 1.0 - std::pow(opts_.beta1, static_cast<double>(step_));
-  const double bc2 = 1.0 - std::pow(opts_.beta2, static_cast<double>(step_));
+int64_t FlatAdam::steps_taken() const { return static_cast<int64_t>(steps_.item<double>()); }
+
+void FlatAdam::step(double lr, const torch::Tensor& found_inf) {
   torch::NoGradGuard no_grad;
   if (params_.is_cuda()) {
-    // On the GPU, ATen's fused Adam kernel does the same single pass.
-    std::vector<torch::Tensor> p{params_}, g{grads_}, m{exp_avg_}, v{exp_avg_sq_}, vmax;
-    auto steps = torch::full({}, static_cast<double>(step_), params_.options());
-    std::vector<torch::Tensor> st{steps};
+    // ATen's fused Adam: one pass, and it skips the update itself when found_inf is 1, so a skipped
+    // step costs no host sync. The step count goes up by 1 - found_inf, as in torch.optim.
+    std::vector<torch::Tensor> p{params_}, g{grads_}, m{exp_avg_}, v{exp_avg_sq_}, vmax, st{steps_};
+    steps_.add_(1);
+    const auto inf = std::optional<torch::Tensor>(found_inf.to(torch::kFloat32));
     if (opts_.decoupled) {
       at::_fused_adamw_(p, g, m, v, vmax, st, lr, opts_.beta1, opts_.beta2, opts_.weight_decay,
-                        opts_.eps, /*amsgrad=*/false, /*maximize=*/false);
+                        opts_.eps, /*amsgrad=*/false, /*maximize=*/false, std::nullopt, inf);
     } else {
       at::_fused_adam_(p, g, m, v, vmax, st, lr, opts_.beta1, opts_.beta2, opts_.weight_decay,
-                       opts_.eps, /*amsgrad=*/false, /*maximize=*/false);
+                       opts_.eps, /*amsgrad=*/false, /*maximize=*/false, std::nullopt, inf);
     }
+    steps_.sub_(*inf);
     return;
   }
+  if (found_inf.item<float>() != 0.0f) return;  // the CPU reads it for free
+  const int64_t step = steps_taken() + 1;
+  steps_.fill_(static_cast<double>(step));
+  const double bc1 = 1.0 - std::pow(opts_.beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(opts_.beta2, static_cast<double>(step));
   // PyTorch's single-tensor Adam, in float like its CPU path:
   //   g += wd*p (Adam) | p *= 1 - lr*wd (AdamW); m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
   //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)

@@ -26,7 +26,15 @@
 #include "samout/train/cpu_allocator.h"
 #include "samout/train/metrics.h"
 #include "samout/train/optimizer.h"
+#include "samout/train/mfu.h"
 #include "samout/train/preemption.h"
+#include "samout/train/step_timer.h"
+
+#ifdef SAMOUT_HAVE_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 namespace samout::train {
 
@@ -56,6 +64,40 @@ class AutocastScope {
   bool on_;
 };
 
+// Test only (--debug_sync_check): while alive, CUDA's sync-debug mode is "error", so any host
+// synchronisation (item(), nonzero(), a pageable copy, a stream sync) throws.
+class SyncCheck {
+ public:
+  explicit SyncCheck(bool on) : on_(on) { set(on_); }
+  ~SyncCheck() { end(); }
+  void end() {
+    if (on_) set(false);
+    on_ = false;
+  }
+
+ private:
+  static void set(bool error) {
+#ifdef SAMOUT_HAVE_CUDA
+    c10::cuda::warning_state().set_sync_debug_mode(error ? c10::cuda::SyncDebugMode::L_ERROR
+                                                         : c10::cuda::SyncDebugMode::L_DISABLED);
+#endif
+  }
+  bool on_;
+};
+
+// Peak memory the caching allocator has handed out on this rank's GPU, in MB.
+double peak_device_mb() {
+#ifdef SAMOUT_HAVE_CUDA
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+  return static_cast<double>(
+             stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+                 .peak) /
+         (1 << 20);
+#else
+  return 0.0;
+#endif
+}
+
 // The run stopped for a reason every rank agrees on (too many bad steps, preemption): not a crash.
 struct RunStopped {
   int exit_code;
@@ -79,6 +121,7 @@ class Trainer {
     accum_ = local_rows_ / micro_;
     require(cfg_.precision != "bf16" || ctx_.device.is_cuda(),
             "--precision=bf16 is not supported on the CPU; use --precision=fp32 or a GPU");
+    choose_peak();
     const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(cfg_.threads > 0 ? cfg_.threads : std::max(1, hw / ctx_.local_world));
     // Before the model and the flat buffers exist, so that they too come from it.
@@ -133,6 +176,25 @@ class Trainer {
     }
     if (ctx_.is_root()) choose_resume();
     metrics_ = std::make_unique<MetricsFile>(ctx_.is_root() ? cfg_.metrics_file : "");
+  }
+
+  // The peak MFU is measured against: --peak_tflops, else the card's dense peak for the precision
+  // in use (bf16 autocast; fp32 on TF32 tensor cores with --tf32; plain fp32).
+  void choose_peak() {
+    peak_tflops_ = cfg_.peak_tflops;
+#ifdef SAMOUT_HAVE_CUDA
+    if (!ctx_.device.is_cuda()) return;
+    at::globalContext().setAllowTF32CuBLAS(cfg_.tf32);
+    at::globalContext().setAllowTF32CuDNN(cfg_.tf32);
+    if (peak_tflops_ > 0) return;
+    const std::string name = at::cuda::getDeviceProperties(ctx_.device.index())->name;
+    const MathMode mode = cfg_.precision == "bf16" ? MathMode::kBf16
+                          : cfg_.tf32              ? MathMode::kTf32
+                                                   : MathMode::kFp32;
+    peak_tflops_ = peak_tflops(name, mode);
+    LOG_IF(WARNING, ctx_.is_root() && peak_tflops_ <= 0)
+        << "no peak FLOP/s known for '" << name << "': MFU is not reported (set --peak_tflops)";
+#endif
   }
 
   // Rank 0 picks the checkpoint to resume from and checks that it fits this run; connect() tells
@@ -298,15 +360,33 @@ class Trainer {
     dist::barrier();  // rank 0's publish of the last checkpoint is complete for everyone
   }
 
+  // The batch on the device. On a GPU it goes through pinned memory with an asynchronous copy (a
+  // pageable copy would sync the host with the device every step); the caching host allocator
+  // recycles the pinned block only once its copy has run.
+  torch::Tensor upload(const data::Batch& batch) const {
+    auto host = torch::from_blob(const_cast<int32_t*>(batch.tokens.data()), {batch.rows, batch.cols},
+                                 torch::kInt32);
+    if (!ctx_.device.is_cuda()) return host.to(torch::kLong);
+    auto pinned = torch::empty({batch.rows, batch.cols},
+                               torch::TensorOptions(torch::kInt32).pinned_memory(true));
+    pinned.copy_(host);
+    return pinned.to(ctx_.device, /*non_blocking=*/true).to(torch::kLong);
+  }
+
   void train() {
     const int64_t G = cfg_.batch_size, T = cfg_.seq_len;
     const int64_t tokens_per_step = G * T;
     const bool bf16 = cfg_.precision == "bf16";
     const auto dev = ctx_.device;
-    // Loss sum and target count since the last log line, kept on the device (no per-step sync).
-    auto loss_acc = torch::zeros({2}, torch::TensorOptions().dtype(torch::kDouble).device(dev));
-    double t_data = 0, t_compute = 0, t_comm = 0, t_opt = 0;
-    int64_t steps_since_log = 0;
+    const auto on_dev = torch::TensorOptions().device(dev);
+    // Loss sum and target count since the last log line, the skipped steps and the current run of
+    // non-finite steps: kept on the device, read only at a sync point (no per-step sync on a GPU).
+    auto loss_acc = torch::zeros({2}, on_dev.dtype(torch::kDouble));
+    auto bad = torch::zeros({3}, on_dev.dtype(torch::kFloat32));  // [skipped, run, longest run]
+    torch::Tensor gnorm;
+    StepTimer timer(dev);
+    double host_comm_s = 0;
+    int64_t steps_since_log = 0, skipped_reported = bad_steps_total_;
     const auto start = Clock::now();
     auto window_start = start;
 
@@ -315,13 +395,15 @@ class Trainer {
       LOG_IF(INFO, ctx_.is_root()) << "nothing to do: the checkpoint is at step " << start_step_
                                    << " of " << cfg_.steps;
     for (int64_t step = start_step_; step < cfg_.steps; ++step) {
-      auto t0 = Clock::now();
+      const bool last = step + 1 == cfg_.steps;
+      const bool log_step = (step + 1) % cfg_.log_every == 0 || last;
+      // Test only: any host sync inside the step body raises (the first step may initialise).
+      SyncCheck sync_check(cfg_.debug_sync_check && step > start_step_ && dev.is_cuda());
+      comm_->set_step(step + 1);
+      timer.start_step();
       data::Batch batch = loader_->next();
-      auto tokens = torch::from_blob(batch.tokens.data(), {batch.rows, batch.cols}, torch::kInt32)
-                        .to(torch::kLong)
-                        .to(dev, /*non_blocking=*/true);
-      auto t1 = Clock::now();
-      t_data += std::chrono::duration<double>(t1 - t0).count();
+      auto tokens = upload(batch);
+      timer.mark(Phase::kData);
 
       reducer_->zero_grad();
       for (int64_t m = 0; m < accum_; ++m) {
@@ -341,10 +423,9 @@ class Trainer {
         loss_acc[0] += loss_sum.detach().to(torch::kDouble);
         loss_acc[1] += count_targets(targets);
       }
-      auto t2 = Clock::now();
-      t_compute += std::chrono::duration<double>(t2 - t1).count();
-      t_comm += reducer_->finish();
-      auto t3 = Clock::now();
+      timer.mark(Phase::kCompute);
+      host_comm_s += reducer_->finish();
+      timer.mark(Phase::kComm);
 
       torch::NoGradGuard no_grad;
       // The global gradient norm: of the whole buffer, or (ZeRO-1) summed over the ranks' shards.
@@ -352,50 +433,74 @@ class Trainer {
                                                  reducer_->shard_end() - reducer_->shard_begin());
       // One reduction pass (grads.pow(2).sum() would first write an 85 MB temporary at the seed's
       // size); squared, so that ZeRO-1 shards can be summed over ranks.
-      auto gnorm = at::linalg_vector_norm(grads, 2).to(torch::kDouble).square();
-      if (cfg_.zero == 1) gnorm = sum_over_ranks(gnorm).to(dev);
-      gnorm = gnorm.sqrt();
+      auto sq = at::linalg_vector_norm(grads, 2).to(torch::kDouble).square();
+      if (cfg_.zero == 1) {
+        comm_->allreduce_sum_async(sq, "all-reduce of the gradient norm");
+        host_comm_s += comm_->wait_all();
+      }
+      gnorm = sq.sqrt();
+      // A non-finite gradient (every rank sees the same norm) skips the step: weights and optimizer
+      // state stay as they were. Decided on the device: found_inf goes to the fused Adam.
+      const auto found_inf = gnorm.isfinite().logical_not().to(torch::kFloat32);
+      bad[0] += found_inf;
+      bad[1] = (bad[1] + found_inf) * found_inf;  // the current run of non-finite steps
+      bad[2] = torch::maximum(bad[2], bad[1]);
+      if (cfg_.grad_clip > 0)  // min(1, clip / norm); 1 for a skipped step (its gradient is unused)
+        grads.mul_(torch::where(found_inf.to(torch::kBool), torch::ones_like(gnorm),
+                                (cfg_.grad_clip / (gnorm + 1e-6)).clamp_max(1.0))
+                       .to(torch::kFloat32));
       const double lr = learning_rate(step, cfg_.steps, cfg_.lr, cfg_.min_lr, cfg_.warmup_steps,
                                       cfg_.lr_schedule);
-      // A non-finite gradient (every rank sees the same norm) skips the step: weights and optimizer
-      // state stay as they were.
-      const double gnorm_host = gnorm.item<double>();
-      if (!std::isfinite(gnorm_host)) {
-        ++bad_steps_total_;
-        ++bad_in_a_row_;
-        LOG_IF(WARNING, ctx_.is_root()) << "step " << step + 1 << ": non-finite gradient norm, step skipped ("
-                                        << bad_steps_total_ << " skipped so far, " << bad_in_a_row_
-                                        << " in a row)";
-        if (bad_in_a_row_ >= cfg_.max_bad_steps)
-          throw RunStopped{kExitFailure, std::to_string(bad_in_a_row_) +
-                                             " non-finite steps in a row (--max_bad_steps=" +
-                                             std::to_string(cfg_.max_bad_steps) + "): stopping"};
-      } else {
-        bad_in_a_row_ = 0;
-        if (cfg_.grad_clip > 0) grads.mul_(std::min(1.0, cfg_.grad_clip / (gnorm_host + 1e-6)));
-        optimizer_->step(lr);
-        reducer_->all_gather_params();
-      }
-      t_opt += seconds_since(t3);
+      optimizer_->step(lr, found_inf);
+      reducer_->all_gather_params();
+      timer.mark(Phase::kOptimizer);
+      sync_check.end();
       ++steps_since_log;
       tokens_done_ += tokens_per_step;
 
-      const bool last = step + 1 == cfg_.steps;
-      if ((step + 1) % cfg_.log_every == 0 || last) {
+      // The bad-step counters are read where reading is free (every step on the CPU) or at a sync
+      // point anyway (log steps on a GPU): a run of --max_bad_steps stops the run at the first read.
+      if (!dev.is_cuda() || log_step) {
+        const auto b = bad.cpu();
+        bad_steps_total_ = static_cast<int64_t>(b[0].item<float>());
+        const auto longest = static_cast<int64_t>(b[2].item<float>());
+        if (bad_steps_total_ > skipped_reported)
+          LOG_IF(WARNING, ctx_.is_root())
+              << "step " << step + 1 << ": " << bad_steps_total_ - skipped_reported
+              << " step(s) with a non-finite gradient norm skipped since the last report ("
+              << bad_steps_total_ << " so far, " << static_cast<int64_t>(b[1].item<float>())
+              << " in a row now)";
+        skipped_reported = bad_steps_total_;
+        if (longest >= cfg_.max_bad_steps)
+          throw RunStopped{kExitFailure, std::to_string(longest) +
+                                             " non-finite steps in a row (--max_bad_steps=" +
+                                             std::to_string(cfg_.max_bad_steps) + "): stopping"};
+        bad[2].copy_(bad[1]);  // the longest run since this read
+      }
+
+      if (log_step) {
         auto totals = sum_over_ranks(loss_acc);  // syncs the device: the timings below are real
         const double loss = totals[0].item<double>() / std::max(1.0, totals[1].item<double>());
+        const double gnorm_host = gnorm.item<double>();
+        const auto phase_ms = timer.take();
         const double elapsed = seconds_since(window_start);
         const double tps = steps_since_log * tokens_per_step / elapsed;
-        const double per = 1000.0 / steps_since_log;
+        const double per = 1.0 / steps_since_log;
         const double eta = (cfg_.steps - step - 1) * elapsed / steps_since_log;
-        const double mfu = mfu_of(tps);
+        const double mfu_now = mfu(tps / ctx_.world, static_cast<double>(cfg_.model.num_parameters()),
+                                   peak_tflops_);
+        // Communication wait: the GPU's idle time between backward and the optimizer, or the host's
+        // wait in MPI on the CPU.
+        const double comm_ms = dev.is_cuda() ? phase_ms[2] * per : 1000.0 * host_comm_s * per;
         JsonLine j;
         j.add("step", step + 1).add("loss", loss).add("lr", lr).add("grad_norm", gnorm_host);
         j.add("skipped_steps", bad_steps_total_);
         j.add("tokens_per_s", tps).add("tokens_per_s_per_rank", tps / ctx_.world);
-        j.add("step_ms", elapsed * per).add("data_ms", t_data * per).add("compute_ms", t_compute * per);
-        j.add("comm_wait_ms", t_comm * per).add("optimizer_ms", t_opt * per);
-        if (mfu > 0) j.add("mfu", mfu);
+        j.add("step_ms", 1000.0 * elapsed * per).add("data_ms", phase_ms[0] * per);
+        j.add("compute_ms", phase_ms[1] * per).add("comm_wait_ms", comm_ms);
+        j.add("optimizer_ms", phase_ms[3] * per);
+        if (mfu_now > 0) j.add("mfu", mfu_now);
+        if (dev.is_cuda()) j.add("peak_mem_mb", peak_device_mb());
         j.add("tokens", tokens_done_).add("eta_s", eta);
         metrics_->write(j);
         if (ctx_.is_root()) {
@@ -404,14 +509,14 @@ class Trainer {
                         "step %lld/%lld | loss %.4f | lr %.3g | gnorm %.3f | %.0f tok/s (%.0f/rank) | "
                         "%.1f ms/step: data %.1f, compute %.1f, comm wait %.1f, optim %.1f%s | ETA %s",
                         static_cast<long long>(step + 1), static_cast<long long>(cfg_.steps), loss, lr,
-                        gnorm_host, tps, tps / ctx_.world, elapsed * per, t_data * per,
-                        t_compute * per, t_comm * per, t_opt * per,
-                        mfu > 0 ? (" | MFU " + std::to_string(100 * mfu).substr(0, 4) + "%").c_str() : "",
+                        gnorm_host, tps, tps / ctx_.world, 1000.0 * elapsed * per,
+                        phase_ms[0] * per, phase_ms[1] * per, comm_ms, phase_ms[3] * per,
+                        mfu_now > 0 ? (" | MFU " + std::to_string(100 * mfu_now).substr(0, 4) + "%").c_str() : "",
                         format_duration(eta).c_str());
           LOG(INFO) << line;
         }
         loss_acc.zero_();
-        t_data = t_compute = t_comm = t_opt = 0;
+        host_comm_s = 0;
         steps_since_log = 0;
         window_start = Clock::now();
       }
@@ -434,6 +539,7 @@ class Trainer {
     fin.add("final", true).add("steps", cfg_.steps).add("tokens", tokens_done_);
     fin.add("skipped_steps", bad_steps_total_);
     fin.add("wall_s", wall).add("mean_tokens_per_s", tokens_done_ / std::max(wall, 1e-9));
+    if (dev.is_cuda()) fin.add("peak_mem_mb", peak_device_mb());
     metrics_->write(fin);
     LOG_IF(INFO, ctx_.is_root()) << "done: " << cfg_.steps << " steps, " << tokens_done_
                                  << " tokens in " << format_duration(wall) << ", mean "
@@ -460,14 +566,6 @@ class Trainer {
   torch::Tensor count_targets(const torch::Tensor& targets) const {
     if (cfg_.model.pad_id < 0) return torch::full({}, static_cast<double>(targets.numel()));
     return targets.ne(cfg_.model.pad_id).sum().to(torch::kDouble);
-  }
-
-  // Model FLOPs utilisation: 6 N FLOPs per token (forward + backward) against the device's peak.
-  double mfu_of(double tokens_per_s) const {
-    double peak = cfg_.peak_tflops;
-    if (peak <= 0 && ctx_.device.is_cuda()) peak = cfg_.precision == "bf16" ? 989.0 : 494.5;  // H100 SXM
-    if (peak <= 0) return 0;
-    return 6.0 * cfg_.model.num_parameters() * tokens_per_s / ctx_.world / (peak * 1e12);
   }
 
   void evaluate(int64_t step) {
@@ -507,7 +605,8 @@ class Trainer {
   TrainConfig cfg_;
   const dist::DistContext& ctx_;
   int64_t local_rows_ = 0, micro_ = 0, accum_ = 1, eval_batches_ = 0, tokens_done_ = 0;
-  int64_t start_step_ = 0, last_saved_ = -1, bad_steps_total_ = 0, bad_in_a_row_ = 0;
+  int64_t start_step_ = 0, last_saved_ = -1, bad_steps_total_ = 0;
+  double peak_tflops_ = 0;  // per device, for MFU; 0 = not reported
   std::string resume_path_;  // rank 0's choice until connect() broadcasts it
   std::unique_ptr<ckpt::CheckpointWriter> writer_;
   torch::Tensor host_params_, host_m_, host_v_;  // reused snapshot buffers (host memory)

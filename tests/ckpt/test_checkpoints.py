@@ -31,7 +31,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-TINY = ["--data=random:5", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
+# --device=cpu: the bitwise checks hold on the CPU; GPU cases live in tests labelled gpu.
+TINY = ["--device=cpu", "--data=random:5", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
         "--seq_len=24", "--batch_size=12", "--log_every=1", "--threads=1"]
 
 
@@ -130,7 +131,7 @@ def case_preemption(a, tmp):
     # mpirun forwards SIGUSR1 to the ranks (SLURM's --signal=B:USR1@N on a batch script).
     preempt_and_resume(a, tmp, "sigusr1", lambda p: p.send_signal(signal.SIGUSR1))
     # A second SIGTERM exits at once: a model big enough that a step takes a while.
-    big = [a.bin, "--data=random:1", "--vocab_size=8000", "--hidden=256", "--layers=4", "--heads=4",
+    big = [a.bin, "--device=cpu", "--data=random:1", "--vocab_size=8000", "--hidden=256", "--layers=4", "--heads=4",
            "--seq_len=256", "--batch_size=16", "--steps=100000", "--log_every=1", "--threads=1",
            f"--ckpt_dir={tmp}/twice", f"--metrics_file={tmp}/twice.jsonl"]
     p = subprocess.Popen(big, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -31,7 +31,7 @@ import time
 SKIP = 77
 STEPS = 1000          # 5-15 ms a step with 2 CPU ranks under srun: 5-15 s of training
 SIGNAL_AT = 30        # steps done before the signal
-TINY = ["--data=random:1", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
+TINY = ["--device=cpu", "--data=random:1", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
         "--seq_len=24", "--batch_size=8", "--threads=1", "--log_every=10", f"--steps={STEPS}"]
 DAEMONS = ("munged", "slurmctld", "slurmd")
 T0 = time.time()

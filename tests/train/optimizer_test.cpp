@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <limits>
+
 namespace samout::train {
 namespace {
 
@@ -56,6 +58,34 @@ TEST(FlatAdam, FirstStepMovesEachWeightByLr) {
   // eps / |g|, which is below 1e-4 for these gradients).
   ASSERT_GT(g.abs().min().item<float>(), 1e-4f);
   EXPECT_TRUE(torch::allclose(p, -1e-3 * g.sign(), 1e-4, 0.0));
+}
+
+// A step with found_inf = 1 (a non-finite gradient norm) changes nothing, the step count included:
+// the next real step is bitwise the one an uninterrupted run takes.
+TEST(FlatAdam, FoundInfSkipsTheStep) {
+  torch::manual_seed(5);
+  auto start = torch::randn({300});
+  auto g1 = torch::randn({300}), g2 = torch::randn({300});
+  auto run = [&](bool with_skip) {
+    auto p = start.clone(), g = torch::zeros({300});
+    FlatAdam adam(p, g, 0, 300, AdamOptions{});
+    g.copy_(g1);
+    adam.step(1e-2, torch::zeros({}));
+    if (with_skip) {
+      const auto m = adam.exp_avg().clone(), v = adam.exp_avg_sq().clone(), before = p.clone();
+      g.fill_(std::numeric_limits<float>::quiet_NaN());
+      adam.step(1e-2, torch::ones({}));
+      EXPECT_TRUE(torch::equal(p, before));
+      EXPECT_TRUE(torch::equal(adam.exp_avg(), m));
+      EXPECT_TRUE(torch::equal(adam.exp_avg_sq(), v));
+      EXPECT_EQ(adam.steps_taken(), 1);
+    }
+    g.copy_(g2);
+    adam.step(1e-2, torch::zeros({}));
+    EXPECT_EQ(adam.steps_taken(), 2);
+    return p;
+  };
+  EXPECT_TRUE(torch::equal(run(true), run(false)));
 }
 
 TEST(FlatAdam, UpdatesOnlyItsRange) {

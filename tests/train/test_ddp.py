@@ -9,6 +9,16 @@ Cases (each a ctest of its own, see tests/train/CMakeLists.txt):
   loss_falls   the loss falls on the sample corpus within a short run, and validation runs
   bad_flags    each bad flag: exit code 2 and exactly one error line, before any work
   rank_killed  SIGKILL of one rank mid-run brings the whole job down (no hang)
+  big_flags_resume  configs/big.flags saves checkpoints, and the same command resumes from them
+
+GPU cases (ctest label gpu; exit 77, reported as skipped, where torch sees no CUDA device):
+  gpu_cpu_parity     5 fp32 steps of a tiny model on the CPU and on the GPU: losses within 1e-4
+  gpu_bf16_falls     bf16 autocast on the sample corpus: the loss is finite and falls
+  gpu_sync_free      steps under CUDA's sync-debug mode set to error (--debug_sync_check): no
+                     hidden host sync in a step, with gradient clipping, a NaN step skipped,
+                     gradient accumulation, fp32 and bf16
+  gpu_mpi_two_ranks  mpirun -np 2 --comm=mpi on one GPU against 1 rank: losses within 1e-5 (fp32),
+                     with and without ZeRO-1
 """
 import argparse
 import json
@@ -24,7 +34,8 @@ import numpy as np
 
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_rmaps_base_oversubscribe="1")
-TINY = ["--data=random:3", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
+# --device=cpu: these cases check CPU ranks even where a GPU exists (GPU cases: tests labelled gpu).
+TINY = ["--device=cpu", "--data=random:3", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
         "--seq_len=24", "--log_every=1", "--threads=1"]
 
 
@@ -84,7 +95,7 @@ def case_accumulation(a, tmp):
 
 def case_loss_falls(a, tmp):
     m = os.path.join(tmp, "sample.jsonl")
-    run([a.bin, f"--data={a.sample}/train-*.h5", f"--val_data={a.sample}/val-*.h5", "--hidden=64",
+    run([a.bin, "--device=cpu", f"--data={a.sample}/train-*.h5", f"--val_data={a.sample}/val-*.h5", "--hidden=64",
          "--layers=2", "--heads=4", "--seq_len=32", "--batch_size=16", "--steps=60", "--lr=3e-3",
          "--log_every=5", "--eval_every=30", "--eval_batches=2", f"--metrics_file={m}"], n=2)
     train_rows, val_rows, final = metrics(m)
@@ -111,6 +122,10 @@ def case_bad_flags(a, tmp):
         (1, ["--optimizer=sgd"], "--optimizer must be adam or adamw"),
         (1, ["--steps=-1"], "--steps"),
         (1, ["--cpu_cache_mb=-5"], "--cpu_cache_mb must be >= 0"),
+        (2, ["--comm=nccl"], "--comm=nccl needs CUDA devices"),
+        (1, ["--comm=gloo"], "--comm must be auto, nccl or mpi"),
+        (2, ["--comm_timeout_s=0"], "--comm_timeout_s must be a positive number"),
+        (1, ["--comm_timeout_s=nan"], "--comm_timeout_s must be a positive number"),
     ]
     for n, flags, expect in cases:
         m = os.path.join(tmp, "bad.jsonl")
@@ -140,6 +155,105 @@ def case_rank_killed(a, tmp):
         sys.exit("FAIL: the job hung after a rank was killed")
     print(f"job ended {time.time() - t0:.1f}s after the kill, exit {p.returncode}")
     assert p.returncode != 0
+
+
+def case_big_flags_resume(a, tmp):
+    """configs/big.flags checkpoints by default: rerunning the same command resumes by itself."""
+    flags = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "big.flags")
+    small = ["--device=cpu", "--precision=fp32", "--data=random:2", "--val_data=", "--vocab_size=300",
+             "--hidden=32", "--layers=1", "--heads=4", "--seq_len=16", "--batch_size=4",
+             "--micro_batch=0", "--warmup_steps=0", "--ckpt_every=2", "--threads=1"]
+    cmd = [a.bin, f"--flagfile={os.path.abspath(flags)}"] + small
+    p = subprocess.run(cmd + ["--steps=3"], env=ENV, cwd=tmp, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpts = sorted(os.listdir(os.path.join(tmp, "runs", "big", "ckpt")))
+    assert "step_00000003" in ckpts, ckpts
+    p = subprocess.run(cmd + ["--steps=5"], env=ENV, cwd=tmp, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resumed from runs/big/ckpt/step_00000003 at step 3" in p.stderr, p.stderr[-3000:]
+    print("configs/big.flags: saved into runs/big/ckpt, and the rerun resumed at step 3")
+
+
+SKIP = 77
+
+
+def need_gpu():
+    try:
+        import torch
+        ok = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    except Exception as e:  # a torch without CUDA support
+        ok, why = False, str(e)
+    if not ok:
+        print("SKIP: no CUDA device visible to torch; this is a GPU test (ctest -L gpu)")
+        sys.exit(SKIP)
+
+
+GPU_TINY = [f for f in TINY if not f.startswith("--device=")] + ["--device=cuda"]
+
+
+def gpu_losses(binary, tmp, name, extra, n=1):
+    m = os.path.join(tmp, name + ".jsonl")
+    run([binary] + GPU_TINY + extra + [f"--metrics_file={m}"], n=n)
+    return [r["loss"] for r in metrics(m)[0]]
+
+
+def close(a, b, rtol, what):
+    assert len(a) == len(b) and len(a) > 0, (what, len(a), len(b))
+    worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+    print(f"{what}: {len(a)} steps, largest relative difference {worst:.2e}")
+    assert worst <= rtol, (what, a, b)
+
+
+def case_gpu_cpu_parity(a, tmp):
+    need_gpu()
+    args = ["--batch_size=8", "--steps=5"]
+    cpu = train(a.bin, tmp, "cpu", args)[0]
+    gpu = gpu_losses(a.bin, tmp, "gpu", args)
+    close(gpu, [r["loss"] for r in cpu], 1e-4, "GPU vs CPU, fp32")
+
+
+def case_gpu_bf16_falls(a, tmp):
+    """On a corpus made here (the GPU machine may lack the sample corpus's Debian packages)."""
+    need_gpu()
+    words = ["red", "green", "blue", "cat", "dog", "runs", "sleeps", "under", "the", "old", "tree"]
+    with open(os.path.join(tmp, "text.txt"), "w") as f:
+        for i in range(3000):
+            f.write(" ".join(words[(i * k) % len(words)] for k in range(1, 9)) + f" {i % 17}.\n%\n")
+    prep = os.path.join(os.path.dirname(a.bin), "samout_prep")
+    run([prep, f"--input={tmp}/text.txt", f"--output={tmp}/corpus", "--vocab_size=200",
+         "--val_fraction=0"])
+    m = os.path.join(tmp, "bf16.jsonl")
+    run([a.bin, "--device=cuda", "--precision=bf16", f"--data={tmp}/corpus/train-*.h5",
+         "--hidden=64", "--layers=2", "--heads=4", "--seq_len=32", "--batch_size=16", "--steps=60",
+         "--lr=3e-3", "--log_every=5", f"--metrics_file={m}"])
+    rows = metrics(m)[0]
+    losses = [r["loss"] for r in rows]
+    print(f"bf16: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    assert all(l == l and abs(l) != float("inf") for l in losses), losses
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert "peak_mem_mb" in rows[-1] and rows[-1]["peak_mem_mb"] > 0, rows[-1]
+
+
+def case_gpu_sync_free(a, tmp):
+    need_gpu()
+    common = ["--debug_sync_check", "--batch_size=8", "--steps=12", "--log_every=4",
+              "--grad_clip=0.5", "--debug_nan_steps=6"]
+    for extra in ([], ["--micro_batch=4"], ["--precision=bf16"]):
+        m = os.path.join(tmp, "sync.jsonl")
+        p = run([a.bin] + GPU_TINY + common + extra + [f"--metrics_file={m}"], check=False)
+        assert p.returncode == 0, (extra, p.returncode, p.stderr[-3000:])
+        final = metrics(m)[2]
+        assert final["skipped_steps"] == 1, final
+        print(f"no host sync inside 11 steps {' '.join(extra) or '(fp32)'}")
+
+
+def case_gpu_mpi_two_ranks(a, tmp):
+    need_gpu()
+    for zero in ("0", "1"):
+        args = ["--batch_size=8", "--steps=10", f"--zero={zero}"]
+        one = gpu_losses(a.bin, tmp, "one", args)
+        two = gpu_losses(a.bin, tmp, "two", args + ["--comm=mpi"], n=2)
+        close(two, one, 1e-5, f"2 ranks --comm=mpi on one GPU vs 1 rank, --zero={zero}")
 
 
 def main():

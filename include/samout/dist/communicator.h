@@ -1,14 +1,24 @@
 // The collectives the trainer needs, behind one small interface.
 //
-// Two implementations: MPI for CPU tensors (MPI_Iallreduce, progressed by test()), and NCCL for
-// CUDA tensors (one communicator per job, its unique id broadcast over MPI, collectives on a
-// dedicated stream ordered after the compute stream by events). Every wait has a deadline
-// (--comm_timeout_s): a peer that died or hangs brings the job down with a message, never a hang.
+// Two implementations:
+//   - MPI (dist/mpi_communicator.cpp): CPU tensors through MPI_I* collectives progressed by test();
+//     CUDA tensors are staged through pinned host buffers (--comm=mpi: several ranks on one GPU,
+//     which NCCL refuses, for testing multi-rank logic on a single card).
+//   - NCCL (dist/nccl_communicator.cpp): one communicator per job, its unique id broadcast over MPI,
+//     collectives on a dedicated stream ordered after the compute stream by events, and the compute
+//     stream made to wait on them the same way: the host never blocks on a collective. A watchdog
+//     thread (dist/watchdog.h) enforces the deadline and NCCL's asynchronous errors instead.
+// Every collective has a deadline (--comm_timeout_s): a peer that died or hangs brings the job down
+// with a message naming the collective and the step, never a hang.
+//
+// Collectives must be issued in the same order on every rank (GradReducer launches its buckets in
+// bucket order for that reason).
 #pragma once
 
 #include <torch/torch.h>
 
 #include <memory>
+#include <string>
 
 #include "samout/dist/context.h"
 
@@ -19,32 +29,40 @@ class Communicator {
   virtual ~Communicator() = default;
 
   // Starts an in-place sum over ranks of `flat` (contiguous). Completion is observed by wait_all().
-  virtual void allreduce_sum_async(torch::Tensor flat) = 0;
+  // `what` names it in timeout and error messages.
+  virtual void allreduce_sum_async(torch::Tensor flat, const std::string& what = "all-reduce") = 0;
   // Drives outstanding collectives forward without blocking (MPI progresses only inside calls).
   virtual void progress() = 0;
-  // Waits for every collective started so far; returns the seconds spent waiting.
+  // Everything issued after this call sees the results of every collective started so far. MPI
+  // waits on the host; NCCL makes the compute stream wait (the host goes on). Returns the seconds
+  // the host spent waiting.
   virtual double wait_all() = 0;
 
-  // ZeRO-1 (blocking). `flat` is split into world() equal blocks (its numel divides by world());
-  // afterwards every rank holds rank r's block r.
+  // ZeRO-1. `flat` is split into world() equal blocks (its numel divides by world()); afterwards
+  // every rank holds rank r's block r. Ordered like wait_all().
   virtual void all_gather(torch::Tensor flat) = 0;
 
-  // Blocking helpers (start-up, metrics): in-place sum, and broadcast from `root`.
+  // In-place sum and broadcast from `root`, complete (in the sense of wait_all()) on return.
   virtual void allreduce_sum(torch::Tensor t) = 0;
   virtual void broadcast(torch::Tensor t, int root) = 0;
 
   int world() const { return world_; }
+  // The training step that collectives issued from now on belong to (for messages).
+  void set_step(int64_t step) { step_ = step; }
 
  protected:
   Communicator(int world, double timeout_s) : world_(world), timeout_s_(timeout_s) {}
   int world_;
   double timeout_s_;
+  int64_t step_ = 0;
 };
 
-// MPI for a CPU context, NCCL for a CUDA one.
+// The communicator of ctx.comm; a world of one gets MPI's, whose collectives return at once (it
+// needs no NCCL communicator).
 std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double timeout_s);
 
 std::unique_ptr<Communicator> make_mpi_communicator(const DistContext& ctx, double timeout_s);
 std::unique_ptr<Communicator> make_nccl_communicator(const DistContext& ctx, double timeout_s);
+bool nccl_compiled();
 
 }  // namespace samout::dist

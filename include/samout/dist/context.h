@@ -1,4 +1,5 @@
-// Distributed start-up in one place: MPI, the rank's place on its node, and its device.
+// Distributed start-up in one place: MPI, the rank's place on its node, its device and the
+// communicator kind.
 //
 // `samout_ddp` started without mpirun is a world of one (Open MPI's singleton start), which is the
 // single-GPU and CPU default; under mpirun or `srun --mpi=pmix` every rank gets its own rank.
@@ -10,10 +11,15 @@
 
 namespace samout::dist {
 
+// How gradients and parameters travel between ranks: MPI (CPU ranks, or CUDA tensors staged through
+// host memory) or NCCL (CUDA ranks, one GPU each).
+enum class CommKind { kMpi, kNccl };
+
 struct DistContext {
   int rank = 0, world = 1;              // in MPI_COMM_WORLD
   int local_rank = 0, local_world = 1;  // among the ranks on this node (MPI_COMM_TYPE_SHARED)
-  torch::Device device = torch::kCPU;   // one GPU per local rank, or the CPU
+  torch::Device device = torch::kCPU;   // one GPU per local rank (or shared, --comm=mpi), or the CPU
+  CommKind comm = CommKind::kMpi;
   std::string host;
 
   bool is_root() const { return rank == 0; }
@@ -23,10 +29,12 @@ struct DistContext {
 // and the rank's place on its node. The device is CPU until select_device().
 DistContext init_distributed(int* argc, char*** argv);
 
-// Device choice: "auto" (a GPU when one is visible), "cpu" or "cuda"; one GPU per local rank
-// (cudaSetDevice). Throws UsageError when "cuda" is asked for and there is none, or when a node
-// has more ranks than GPUs.
-void select_device(DistContext& ctx, const std::string& device);
+// Device and communicator choice. device: "auto" (a GPU when one is visible), "cpu" or "cuda".
+// comm: "auto" (NCCL on GPUs, MPI on CPUs), "nccl" or "mpi". One GPU per local rank
+// (cudaSetDevice); with --comm=mpi several ranks may share a GPU (NCCL refuses that), which is for
+// testing multi-rank logic on one card. Throws UsageError when "cuda" is asked for and there is
+// none, when a node has more ranks than GPUs under NCCL, and for NCCL on the CPU.
+void select_device(DistContext& ctx, const std::string& device, const std::string& comm);
 
 // Blocks until every rank arrives (used at start-up and shutdown only).
 void barrier();

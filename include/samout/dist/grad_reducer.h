@@ -7,8 +7,9 @@
 // flat buffers in one pass, and a bucket is one contiguous collective with no packing copy.
 //
 // Overlap. A post-hook on each parameter's AccumulateGrad node counts the gradients a bucket still
-// waits for; on the last micro-step the bucket's all-reduce starts the moment its count reaches
-// zero, while backward goes on with earlier layers. Earlier micro-steps only accumulate locally.
+// waits for; on the last micro-step a bucket's all-reduce starts once its count and those of all
+// buckets before it reach zero (bucket order, the same on every rank whatever order the hooks fire
+// in), while backward goes on with earlier layers. Earlier micro-steps only accumulate locally.
 //
 // ZeRO-1 (zero = true). The flat buffers are padded to a multiple of the world size and split into
 // equal shards, one per rank. Buckets are all-reduced during backward exactly as above (see launch()
@@ -56,16 +57,18 @@ class GradReducer {
   int64_t shard_end() const { return shard_end_; }
   bool zero() const { return zero_; }
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // [begin, end) of each bucket in the flat buffers, and the order of the last step's launches.
+  std::vector<std::pair<int64_t, int64_t>> bucket_ranges() const;
+  const std::vector<int64_t>& launch_order() const { return launch_order_; }
 
  private:
   struct Bucket {
     int64_t begin = 0, end = 0;  // range in the flat buffers
     int64_t num_params = 0;
     int64_t waiting = 0;         // gradients not yet produced in the current backward
-    bool launched = false;
   };
   void on_grad_ready(int64_t bucket);
-  void launch(Bucket& b);
+  void launch(int64_t index);
 
   Communicator& comm_;
   std::vector<torch::Tensor> params_;
@@ -73,6 +76,8 @@ class GradReducer {
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keeps the hooked nodes alive
   bool sync_ = true;
+  int64_t next_launch_ = 0;            // buckets before it are launched this backward
+  std::vector<int64_t> launch_order_;  // cleared by begin_backward
   bool zero_ = false;
   int64_t numel_ = 0, shard_begin_ = 0, shard_end_ = 0;
 };

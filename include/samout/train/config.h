@@ -40,13 +40,14 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "auto";
   std::string precision = "fp32";  // fp32 | bf16 (autocast, GPU only)
+  bool tf32 = false;               // GPU fp32 products on TF32 tensor cores
   int threads = 0;                 // intra-op threads per rank; 0 = cores / ranks on the node
   int64_t cpu_cache_mb = 2048;     // free CPU memory the caching allocator keeps; 0 = c10's own
   int64_t log_every = 10;
   std::string metrics_file;
   int64_t eval_every = 0;  // 0 = only at the end (when val_data is set)
   int64_t eval_batches = 8;
-  double peak_tflops = 0;  // for MFU; 0 = pick by device (H100 dense bf16/tf32) or omit on CPU
+  double peak_tflops = 0;  // for MFU; 0 = the card's dense peak (train/mfu.h), or no MFU
 
   // Weights in and out (HDF5 with SPEC.md's names; see ckpt/weights_file.h)
   std::string init_from;     // initial weights instead of the seeded initialisation
@@ -62,10 +63,12 @@ struct TrainConfig {
   int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
   std::vector<int64_t> debug_nan_steps;  // test only: steps whose loss is made NaN on rank 0
   int64_t debug_kill_in_save = -1;       // test only: the last rank SIGKILLs itself saving this step
+  bool debug_sync_check = false;         // test only: host syncs inside a GPU step are errors
 
   // Communication
   int64_t bucket_mb = 25;
   double comm_timeout_s = 300;
+  std::string comm = "auto";  // auto | nccl | mpi (dist/context.h)
 };
 
 }  // namespace samout::train

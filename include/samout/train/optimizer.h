@@ -22,18 +22,20 @@ class FlatAdam {
   // Updates params[begin, end) from grads[begin, end); the moments cover that range only.
   FlatAdam(const torch::Tensor& params, const torch::Tensor& grads, int64_t begin, int64_t end,
            AdamOptions opts);
-  // One update with learning rate `lr`. Increments the step count.
-  void step(double lr);
+  // One update with learning rate `lr`, unless `found_inf` (a float scalar on the parameters'
+  // device) is 1: then nothing changes, the step count included. On the GPU neither case syncs.
+  void step(double lr, const torch::Tensor& found_inf);
+  void step(double lr) { step(lr, torch::zeros({}, params_.options())); }
   // Resume: moments of the range and the number of steps they have seen.
   void set_state(const torch::Tensor& exp_avg, const torch::Tensor& exp_avg_sq, int64_t steps);
-  int64_t steps_taken() const { return step_; }
+  int64_t steps_taken() const;  // reads the device (a checkpoint-time sync on the GPU)
   torch::Tensor exp_avg() const { return exp_avg_; }
   torch::Tensor exp_avg_sq() const { return exp_avg_sq_; }
 
  private:
   torch::Tensor params_, grads_, exp_avg_, exp_avg_sq_;
   AdamOptions opts_;
-  int64_t step_ = 0;
+  torch::Tensor steps_;  // updates taken, a float32 scalar on the parameters' device
 };
 
 // The CPU update of n elements, on the calling thread: FlatAdam::step splits the buffer over

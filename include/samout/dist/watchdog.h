@@ -1,0 +1,60 @@
+// A watchdog for collectives that run asynchronously on a device (NCCL), in the manner of PyTorch's
+// ProcessGroupNCCL: the training thread never blocks on a collective, so nobody would notice one
+// that never finishes. A background thread polls every pending collective's completion and the
+// communicator's asynchronous error; on an error or a missed deadline it calls `on_failure` with a
+// message naming the collective and the step (the NCCL communicator aborts itself and the job).
+//
+// The watchdog knows nothing of CUDA or NCCL: a collective is a `done()` predicate (an event query)
+// and the communicator's health is an `error()` function, so the logic is tested on the CPU.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace samout::dist {
+
+class Watchdog {
+ public:
+  // error(): "" while healthy, else what went wrong. on_failure(message) must not return to the
+  // watchdog's caller in production (it aborts the job); in tests it may, and the watchdog stops.
+  Watchdog(double timeout_s, std::function<std::string()> error,
+           std::function<void(const std::string&)> on_failure,
+           std::chrono::microseconds poll = std::chrono::microseconds(500));
+  ~Watchdog();
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  // A collective was enqueued: `what` names it ("all-reduce of bucket 2/5"), `step` is the
+  // training step it belongs to. Its deadline is now + timeout.
+  void watch(std::string what, int64_t step, std::function<bool()> done);
+  // Collectives not yet seen complete.
+  size_t pending() const;
+  bool failed() const;
+
+ private:
+  struct Entry {
+    std::string what;
+    int64_t step;
+    std::function<bool()> done;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  void loop();
+
+  const double timeout_s_;
+  const std::function<std::string()> error_;
+  const std::function<void(const std::string&)> on_failure_;
+  const std::chrono::microseconds poll_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Entry> entries_;  // in enqueue order: on one stream they complete in this order
+  bool stop_ = false, failed_ = false;
+  std::thread thread_;
+};
+
+}  // namespace samout::dist

@@ -1,0 +1,77 @@
+#include "samout/dist/watchdog.h"
+
+#include <sstream>
+
+namespace samout::dist {
+
+Watchdog::Watchdog(double timeout_s, std::function<std::string()> error,
+                   std::function<void(const std::string&)> on_failure,
+                   std::chrono::microseconds poll)
+    : timeout_s_(timeout_s),
+      error_(std::move(error)),
+      on_failure_(std::move(on_failure)),
+      poll_(poll),
+      thread_([this] { loop(); }) {}
+
+Watchdog::~Watchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Watchdog::watch(std::string what, int64_t step, std::function<bool()> done) {
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::duration<double>(timeout_s_));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.push_back(Entry{std::move(what), step, std::move(done), deadline});
+  }
+  cv_.notify_all();
+}
+
+size_t Watchdog::pending() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_.size();
+}
+
+bool Watchdog::failed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
+}
+
+void Watchdog::loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_ && !failed_) {
+    // The communicator's error is checked even with nothing pending: NCCL reports a failed peer
+    // asynchronously, possibly between steps.
+    while (!entries_.empty() && entries_.front().done()) entries_.pop_front();
+    std::string why = error_ ? error_() : std::string();
+    if (why.empty() && !entries_.empty() && std::chrono::steady_clock::now() > entries_.front().deadline) {
+      std::ostringstream m;
+      m << entries_.front().what << " of step " << entries_.front().step
+        << " did not complete within --comm_timeout_s=" << timeout_s_
+        << " s (a peer died, hangs or is far behind)";
+      why = m.str();
+    } else if (!why.empty()) {
+      std::ostringstream m;
+      m << why;
+      if (!entries_.empty())
+        m << " (pending: " << entries_.front().what << " of step " << entries_.front().step << ")";
+      why = m.str();
+    }
+    if (!why.empty()) {
+      failed_ = true;
+      lock.unlock();
+      on_failure_(why);
+      return;
+    }
+    cv_.wait_for(lock, poll_, [this] { return stop_; });
+  }
+}
+
+}  // namespace samout::dist
