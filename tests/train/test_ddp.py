@@ -220,7 +220,7 @@ def case_gpu_bf16_falls(a, tmp):
         for i in range(3000):
             f.write(" ".join(words[(i * k) % len(words)] for k in range(1, 9)) + f" {i % 17}.\n%\n")
     prep = os.path.join(os.path.dirname(a.bin), "samout_prep")
-    run([prep, f"--input={tmp}/text.txt", f"--output={tmp}/corpus", "--vocab_size=200",
+    run([prep, f"--input={tmp}/text.txt", f"--output={tmp}/corpus", "--vocab_size=400",
          "--val_fraction=0"])
     m = os.path.join(tmp, "bf16.jsonl")
     run([a.bin, "--device=cuda", "--precision=bf16", f"--data={tmp}/corpus/train-*.h5",
