@@ -232,12 +232,19 @@ void CheckpointWriter::write(const Snapshot& s) {
   }
   fsync_path(dir_);
 
-  // Retention: the newest keep_ complete checkpoints stay.
+  // Retention: the newest keep_ checkpoints that verify stay. One that does not verify is never
+  // counted (it must not push out a good one) and never deleted: the user may want to look at it.
   if (keep_ > 0) {
     int kept = 0;
     for (const auto& d : checkpoint_dirs(dir_)) {
-      if (!fs::exists(dir_ + "/" + d + "/manifest.json")) continue;
-      if (++kept > keep_) remove_tree(dir_ + "/" + d);
+      const std::string path = dir_ + "/" + d;
+      const std::string why = d == name ? std::string() : verify(path);
+      if (!why.empty()) {
+        LOG(WARNING) << "retention: leaving " << path << " alone, it does not verify (" << why
+                     << "); it does not count towards --keep_ckpts";
+        continue;
+      }
+      if (++kept > keep_) remove_tree(path);
     }
   }
   LOG(INFO) << "checkpoint " << final_dir << " written in "
@@ -295,6 +302,12 @@ int64_t read_optimizer_range(const std::string& step_dir, int64_t total, int64_t
       std::fclose(f);
       throw UsageError(e.path().string() + ": not an optimizer shard of a " + std::to_string(total) +
                        "-parameter model");
+    }
+    if (h.begin < 0 || h.begin > h.end || h.end > total || h.steps < 0) {
+      std::fclose(f);
+      throw UsageError(e.path().string() + ": inconsistent header (range [" +
+                       std::to_string(h.begin) + ", " + std::to_string(h.end) + ") of " +
+                       std::to_string(total) + ", step " + std::to_string(h.steps) + ")");
     }
     steps = h.steps;
     const int64_t lo = std::max(begin, h.begin), hi = std::min(end, h.end);

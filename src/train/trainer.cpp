@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "samout/ckpt/checkpoint.h"
+#include "samout/ckpt/dir_lock.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
 #include "samout/data/loader.h"
@@ -167,12 +168,20 @@ class Trainer {
       std::fclose(f);
       std::remove((cfg_.save_weights + ".tmp").c_str());
     }
+    if (cfg_.resume != "auto" && cfg_.resume != "never")  // before anything is created
+      require(std::filesystem::is_directory(cfg_.resume),
+              "--resume=" + cfg_.resume + ": no such checkpoint folder");
     if (!cfg_.ckpt_dir.empty()) {
       std::error_code ec;
       std::filesystem::create_directories(cfg_.ckpt_dir, ec);
       require(std::filesystem::is_directory(cfg_.ckpt_dir),
               "--ckpt_dir: cannot create " + cfg_.ckpt_dir + (ec ? " (" + ec.message() + ")" : ""));
-      if (ctx_.is_root()) ckpt::CheckpointWriter::remove_partial(cfg_.ckpt_dir);
+      if (ctx_.is_root()) {
+        // One job per folder, and a writable one: checked now, not at the first save. Only then
+        // may this job clear the unfinished saves it finds (they are not another job's).
+        dir_lock_ = std::make_unique<ckpt::DirLock>(cfg_.ckpt_dir);
+        ckpt::CheckpointWriter::remove_partial(cfg_.ckpt_dir);
+      }
     }
     if (ctx_.is_root()) choose_resume();
     metrics_ = std::make_unique<MetricsFile>(ctx_.is_root() ? cfg_.metrics_file : "");
@@ -197,8 +206,9 @@ class Trainer {
 #endif
   }
 
-  // Rank 0 picks the checkpoint to resume from and checks that it fits this run; connect() tells
-  // the other ranks.
+  // Rank 0 picks the checkpoint to resume from and checks that it fits this run, all of it, so that
+  // a bad checkpoint is the user's error (exit 2, naming the file) found before any collective,
+  // not a failure halfway through loading it; connect() tells the other ranks.
   void choose_resume() {
     if (cfg_.resume == "never") return;
     if (cfg_.resume == "auto") {
@@ -206,20 +216,51 @@ class Trainer {
       std::vector<std::string> skipped;
       resume_path_ = ckpt::find_latest_valid(cfg_.ckpt_dir, &skipped);
       for (const auto& s : skipped) LOG(WARNING) << "skipping checkpoint " << s;
+      if (resume_path_.empty() && !skipped.empty()) {
+        std::string all;
+        for (const auto& s : skipped) all += (all.empty() ? "" : "; ") + s;
+        throw UsageError("--resume=auto: no checkpoint in " + cfg_.ckpt_dir +
+                         " verifies (" + all +
+                         "); repair or move them, or start afresh with --resume=never");
+      }
     } else {
       const std::string why = ckpt::verify(cfg_.resume);
       require(why.empty(), "--resume=" + cfg_.resume + ": " + why);
       resume_path_ = cfg_.resume;
     }
     if (resume_path_.empty()) return;
-    const auto state = ckpt::read_state(resume_path_);
-    const auto want = run_shape();
-    for (auto& [k, v] : want.items()) {
-      require(state["run"].contains(k) && state["run"][k] == v,
-              "checkpoint " + resume_path_ + " was made with " + k + "=" +
-                  (state["run"].contains(k) ? state["run"][k].dump() : "?") + ", this run has " +
-                  k + "=" + v.dump());
+    check_checkpoint(resume_path_);
+  }
+
+  // Everything resume_from() will read, read now: the state, the weights' shapes, the optimizer
+  // shards' coverage. A checksum only proves the files are what was written.
+  void check_checkpoint(const std::string& path) {
+    const std::string state_file = path + "/state.json";
+    const auto state = ckpt::read_state(path);
+    try {
+      const int64_t step = state.at("step").get<int64_t>();
+      require(step >= 0, state_file + ": step " + std::to_string(step) + " is negative");
+      const int64_t epoch = state.at("cursor").at("epoch").get<int64_t>();
+      const int64_t in_epoch = state.at("cursor").at("step").get<int64_t>();
+      require(epoch >= 0 && in_epoch >= 0, state_file + ": negative data cursor");
+      const std::string rng = state.value("rng_cpu", std::string());
+      require(rng.size() % 2 == 0 && rng.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos,
+              state_file + ": rng_cpu is not a hex string");
+      const auto& run = state.at("run");
+      const auto want = run_shape();
+      for (auto& [k, v] : want.items())
+        require(run.contains(k) && run[k] == v,
+                "checkpoint " + path + " was made with " + k + "=" +
+                    (run.contains(k) ? run[k].dump() : "?") + ", this run has " + k + "=" + v.dump());
+    } catch (const nlohmann::json::exception& e) {
+      throw UsageError(state_file + ": malformed (" + std::string(e.what()) + ")");
     }
+    // Loads into this rank's model, which resume_from() overwrites with the same values anyway.
+    ckpt::load_into(*model_, ckpt::read_weights(path + "/model.h5"), path + "/model.h5");
+    const int64_t total = cfg_.model.num_parameters();
+    auto m = torch::empty({total}, torch::kFloat32), v = torch::empty({total}, torch::kFloat32);
+    const int64_t steps = ckpt::read_optimizer_range(path, total, 0, total, m, v);
+    require(steps >= 0, path + ": the optimizer shards hold a negative step count");
   }
 
   // The flags a checkpoint must share with the run that resumes it: the model's shape and what
@@ -228,7 +269,8 @@ class Trainer {
     return {{"vocab_size", cfg_.model.vocab_size}, {"hidden", cfg_.model.hidden},
             {"layers", cfg_.model.layers},         {"heads", cfg_.model.heads},
             {"seq_len", cfg_.seq_len},             {"batch_size", cfg_.batch_size},
-            {"seed", cfg_.seed},                   {"data", cfg_.data}};
+            {"seed", cfg_.seed},                   {"data", cfg_.data},
+            {"optimizer", cfg_.optimizer}};  // Adam's moments mean something else to AdamW
   }
 
   // Collectives start here: every rank passed setup().
@@ -305,7 +347,6 @@ class Trainer {
     if (ctx_.is_root()) {
       s.run = run_shape();
       s.run["zero"] = cfg_.zero;
-      s.run["optimizer"] = cfg_.optimizer;
       s.run["pad_id"] = cfg_.model.pad_id;
       s.tokenizer = loader_->tokenizer_model();
       auto rng = at::detail::getDefaultCPUGenerator().get_state();
@@ -523,11 +564,17 @@ class Trainer {
       if (val_loader_ && ((cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0) || last))
         evaluate(step + 1);
       if (agreed_preemption()) {
+        const int sig = preemption_signal();
+        if (!writer_)  // 75 would make a scheduler requeue a job that restarts from step 0, forever
+          throw RunStopped{128 + sig, "stopped by signal " + std::to_string(sig) + " at step " +
+                                          std::to_string(step + 1) +
+                                          " with no --ckpt_dir: nothing saved, so not asking to be "
+                                          "resumed (exit " + std::to_string(128 + sig) + ")"};
         save_checkpoint(step + 1, /*async=*/false);
         finish_checkpoints();
-        throw RunStopped{kExitTempFail, "preempted by signal " + std::to_string(preemption_signal()) +
-                                            " at step " + std::to_string(step + 1) +
-                                            (writer_ ? ": checkpoint saved, resume me" : "")};
+        throw RunStopped{kExitTempFail, "preempted by signal " + std::to_string(sig) + " at step " +
+                                            std::to_string(step + 1) +
+                                            ": checkpoint saved, resume me"};
       }
       if (!last && cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0)
         save_checkpoint(step + 1, cfg_.ckpt_async);
@@ -608,6 +655,7 @@ class Trainer {
   int64_t start_step_ = 0, last_saved_ = -1, bad_steps_total_ = 0;
   double peak_tflops_ = 0;  // per device, for MFU; 0 = not reported
   std::string resume_path_;  // rank 0's choice until connect() broadcasts it
+  std::unique_ptr<ckpt::DirLock> dir_lock_;  // rank 0: this job owns --ckpt_dir
   std::unique_ptr<ckpt::CheckpointWriter> writer_;
   torch::Tensor host_params_, host_m_, host_v_;  // reused snapshot buffers (host memory)
   std::unique_ptr<data::Loader> loader_, val_loader_;

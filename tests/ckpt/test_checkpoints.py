@@ -15,6 +15,16 @@ Cases (each a ctest of its own, see tests/ckpt/CMakeLists.txt):
                  a row stop the run
   export         samout_export -> torch.load -> the seed's PyTorch SamOut -> torch.save ->
                  --init_from: the same weights
+  retention_corrupt  retention keeps the newest valid checkpoints; a corrupt one is left alone
+                 and does not count
+  lock           a second job on a folder in use exits 2 naming the holder; the first goes on
+  resume_refusals    exit 2 naming the file for: every checkpoint corrupt, a --resume path that
+                 does not exist (nothing created), another optimizer, and checksummed but
+                 inconsistent checkpoints (negative step, bad RNG string, wrong weight shape,
+                 short optimizer shard)
+  readonly_ckpt_dir  a checkpoint folder on a read-only filesystem is refused at start-up
+                 (skipped, exit 77, where a tmpfs cannot be mounted)
+  signal_without_ckpt_dir  SIGTERM with no --ckpt_dir exits 128+15, not 75 (no requeue loop)
 """
 import argparse
 import json
@@ -181,7 +191,7 @@ def case_corruption(a, tmp):
 
 def case_retention(a, tmp):
     run(a, 2, ["--steps=20", "--ckpt_every=4", "--keep_ckpts=2", f"--ckpt_dir={tmp}/ck"])
-    left = sorted(os.listdir(f"{tmp}/ck"))
+    left = sorted(d for d in os.listdir(f"{tmp}/ck") if d.startswith("step_"))
     print(f"--keep_ckpts=2 after saves at 4, 8, 12, 16, 20: {left}")
     assert left == ["step_00000016", "step_00000020"], left
     for d in left:
@@ -220,6 +230,195 @@ def case_export(a, tmp):
     p = subprocess.run([a.export, f"--checkpoint={tmp}/nothing", f"--output={tmp}/x.pt"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+# ---- Hardening: retention, the folder lock, resume refusals -------------------------------------
+
+M64 = (1 << 64) - 1
+P1, P2, P3, P4, P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                      0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5)
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & M64
+
+
+def _round(acc, lane):
+    return (_rotl((acc + lane * P2) & M64, 31) * P1) & M64
+
+
+def xxh64(data, seed=0):
+    """XXH64 (the checksum of our manifests), from the algorithm's specification."""
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + P1 + P2) & M64, (seed + P2) & M64, seed, (seed - P1) & M64]
+        while i + 32 <= n:
+            for k in range(4):
+                v[k] = _round(v[k], int.from_bytes(data[i + 8 * k:i + 8 * k + 8], "little"))
+            i += 32
+        acc = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & M64
+        for k in range(4):
+            acc = ((acc ^ _round(0, v[k])) * P1 + P4) & M64
+    else:
+        acc = (seed + P5) & M64
+    acc = (acc + n) & M64
+    while i + 8 <= n:
+        acc ^= _round(0, int.from_bytes(data[i:i + 8], "little"))
+        acc = (_rotl(acc, 27) * P1 + P4) & M64
+        i += 8
+    if i + 4 <= n:
+        acc ^= (int.from_bytes(data[i:i + 4], "little") * P1) & M64
+        acc = (_rotl(acc, 23) * P2 + P3) & M64
+        i += 4
+    while i < n:
+        acc ^= (data[i] * P5) & M64
+        acc = (_rotl(acc, 11) * P1) & M64
+        i += 1
+    acc = ((acc ^ (acc >> 33)) * P2) & M64
+    acc = ((acc ^ (acc >> 29)) * P3) & M64
+    return f"{acc ^ (acc >> 32):016x}"
+
+
+def rechecksum(step_dir):
+    """Makes the manifest agree with the files again: a checkpoint that is checksummed but wrong."""
+    mpath = f"{step_dir}/manifest.json"
+    manifest = json.load(open(mpath))
+    for name in manifest["files"]:
+        data = open(f"{step_dir}/{name}", "rb").read()
+        manifest["files"][name] = {"size": len(data), "xxh64": xxh64(data)}
+    json.dump(manifest, open(mpath, "w"))
+
+
+def one_error_line(p):
+    ours = [l for l in p.stderr.splitlines() if l.startswith("samout_ddp:")]
+    assert len(ours) == 1, p.stderr[-3000:]
+    return ours[0]
+
+
+def case_retention_corrupt(a, tmp):
+    ck = f"{tmp}/ck"
+    run(a, 2, ["--steps=15", "--ckpt_every=5", "--keep_ckpts=3", f"--ckpt_dir={ck}"])
+    path = f"{ck}/step_00000015/model.h5"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    shutil.rmtree(f"{ck}/step_00000010")
+    # Resumes from step 5 (15 is corrupt) and saves step 10: with --keep_ckpts=2 the two valid ones
+    # stay, and the corrupt one is left for the user, not counted.
+    p = run(a, 2, ["--steps=10", "--ckpt_every=5", "--keep_ckpts=2", f"--ckpt_dir={ck}"])
+    left = sorted(d for d in os.listdir(ck) if d.startswith("step_"))
+    print(f"after the save at 10 with --keep_ckpts=2: {left}")
+    assert left == ["step_00000005", "step_00000010", "step_00000015"], left
+    assert "leaving " + ck + "/step_00000015 alone" in p.stderr, p.stderr[-3000:]
+
+
+def case_lock(a, tmp):
+    ck, m = f"{tmp}/ck", f"{tmp}/first.jsonl"
+    first = subprocess.Popen(cmd(1, a.bin, ["--steps=100000", f"--ckpt_dir={ck}", f"--metrics_file={m}"]),
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_steps(m, 3, first)
+        p = run(a, 1, ["--steps=5", f"--ckpt_dir={ck}", f"--metrics_file={tmp}/second.jsonl"], expect=2)
+        line = one_error_line(p)
+        print(f"second job on the same folder: {line}")
+        assert "is in use by another job" in line and f"pid {first.pid}" in line, line
+        assert not os.path.exists(f"{tmp}/second.jsonl")
+        assert first.poll() is None, "the first job must go on"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 75, first.returncode
+    run(a, 1, ["--steps=1", f"--ckpt_dir={ck}"])  # the lock went with the process
+
+
+def case_resume_refusals(a, tmp):
+    ck = f"{tmp}/ck"
+    run(a, 1, ["--steps=4", "--ckpt_every=2", f"--ckpt_dir={ck}"])
+    good = f"{ck}/step_00000004"
+
+    # Every checkpoint corrupt: refuse, naming them and --resume=never.
+    bad = f"{tmp}/allbad"
+    shutil.copytree(ck, bad)
+    for d in ("step_00000002", "step_00000004"):
+        with open(f"{bad}/{d}/state.json", "a") as f:
+            f.write(" ")
+    p = run(a, 1, ["--steps=6", f"--ckpt_dir={bad}"], expect=2)
+    line = one_error_line(p)
+    assert "step_00000002" in line and "step_00000004" in line and "--resume=never" in line, line
+
+    # A path that does not exist: said so, and nothing created.
+    p = run(a, 1, ["--steps=6", f"--resume={tmp}/nope/step_00000009", f"--ckpt_dir={tmp}/fresh",
+                   f"--metrics_file={tmp}/fresh.jsonl"], expect=2)
+    assert "no such checkpoint folder" in one_error_line(p)
+    assert not os.path.exists(f"{tmp}/fresh") and not os.path.exists(f"{tmp}/fresh.jsonl")
+
+    # Another optimizer than the checkpoint's.
+    p = run(a, 1, ["--steps=6", "--optimizer=adamw", f"--resume={good}"], expect=2)
+    assert "optimizer" in one_error_line(p)
+
+    # Checksummed but inconsistent: each names the file, exit 2, no MPI abort banner.
+    def broken(name, edit, expect):
+        d = f"{tmp}/{name}"
+        shutil.copytree(good, d)
+        edit(d)
+        rechecksum(d)
+        p = run(a, 2, ["--steps=6", f"--resume={d}"], expect=2)
+        line = one_error_line(p)
+        print(f"{name}: {line}")
+        assert expect in line, (name, line)
+        assert "MPI_ABORT" not in p.stderr, p.stderr[-2000:]
+
+    def state_edit(key_path, value):
+        def edit(d):
+            st = json.load(open(f"{d}/state.json"))
+            obj = st
+            for k in key_path[:-1]:
+                obj = obj[k]
+            obj[key_path[-1]] = value
+            json.dump(st, open(f"{d}/state.json", "w"))
+        return edit
+
+    broken("negative_step", state_edit(["step"], -3), "state.json: step -3 is negative")
+    broken("bad_rng", state_edit(["rng_cpu"], "zz" * 8), "state.json: rng_cpu is not a hex string")
+
+    def wrong_shape(d):
+        with h5py.File(f"{d}/model.h5", "r+") as f:
+            name = next(k for k in sorted(f.keys()) if f[k].ndim >= 1)
+            v = f[name][()]
+            del f[name]
+            f[name] = np.concatenate([v, v], axis=0)
+    broken("wrong_shape", wrong_shape, "model.h5")
+
+    def short_shard(d):
+        path = f"{d}/optim-00000.bin"
+        os.truncate(path, os.path.getsize(path) - 64)
+    broken("short_shard", short_shard, "optim-00000.bin")
+
+
+def case_readonly_ckpt_dir(a, tmp):
+    ro = f"{tmp}/ro"
+    os.makedirs(ro)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", ro]).returncode != 0:
+        print("SKIP: cannot mount a read-only tmpfs here (needs root)")
+        sys.exit(77)
+    try:
+        p = run(a, 1, ["--steps=3", f"--ckpt_dir={ro}"], expect=2)
+        line = one_error_line(p)
+        print(f"read-only checkpoint folder: {line}")
+        assert "not writable" in line and "Read-only file system" in line, line
+    finally:
+        subprocess.run(["umount", ro])
+
+
+def case_signal_without_ckpt_dir(a, tmp):
+    m = f"{tmp}/m.jsonl"
+    p = subprocess.Popen(cmd(1, a.bin, ["--steps=100000", f"--metrics_file={m}"]), env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(m, 3, p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    print(f"SIGTERM without --ckpt_dir: exit {p.returncode}")
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err[-2000:])  # not 75: no requeue
+    assert "nothing saved" in err, err[-2000:]
 
 
 def main():
