@@ -1,5 +1,4 @@
-// FlatAdam (train/optimizer.h) against libtorch's own torch::optim::Adam / AdamW, and its vector
-// kernel against its scalar one.
+// FlatAdam (train/optimizer.h) against libtorch's own torch::optim::Adam / AdamW.
 #include "samout/train/optimizer.h"
 
 #include <ATen/Parallel.h>
@@ -97,27 +96,6 @@ TEST(FlatAdam, UpdatesOnlyItsRange) {
   EXPECT_TRUE(torch::equal(p.narrow(0, 321, 179), before.narrow(0, 321, 179)));
   EXPECT_FALSE(torch::equal(p.narrow(0, 100, 221), before.narrow(0, 100, 221)));
   EXPECT_EQ(adam.exp_avg().numel(), 221);
-}
-
-// Vector and scalar kernels agree bitwise, for every tail length and every option.
-TEST(AdamKernel, VectorMatchesScalarBitwise) {
-  if (!adam_update_has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar path exists";
-  for (bool l2 : {false, true})
-    for (float decay : {1.0f, 0.999f})
-      for (int64_t n : {1, 7, 8, 9, 15, 16, 17, 31, 1000, 4099}) {
-        torch::manual_seed(n);
-        auto p = torch::randn({n}), g = torch::randn({n}) * 3, m = torch::randn({n}) * 0.1;
-        auto v = torch::rand({n}) * 0.01;
-        auto p2 = p.clone(), m2 = m.clone(), v2 = v.clone();
-        AdamScalars s{0.9f, 0.999f, 1e-8f, 0.05f, 1e-3f / 0.19f, std::sqrt(0.002999f), decay, l2};
-        adam_update_cpu(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(),
-                        v.data_ptr<float>(), n, s, /*allow_simd=*/true);
-        adam_update_cpu(p2.data_ptr<float>(), g.data_ptr<float>(), m2.data_ptr<float>(),
-                        v2.data_ptr<float>(), n, s, /*allow_simd=*/false);
-        EXPECT_TRUE(torch::equal(p, p2)) << "n=" << n << " l2=" << l2 << " decay=" << decay;
-        EXPECT_TRUE(torch::equal(m, m2)) << "n=" << n;
-        EXPECT_TRUE(torch::equal(v, v2)) << "n=" << n;
-      }
 }
 
 TEST(FlatAdam, SameResultAtOneAndTwoThreads) {

@@ -1,7 +1,7 @@
-// Adam and AdamW over the flat parameter and gradient buffers (dist/grad_reducer.h), in one fused,
-// multi-threaded pass: each element's parameter, gradient and two moments are read and written
-// once per step, where a per-tensor optimizer walks the model's ~100 tensors with ~10 ATen ops each.
-// The math is PyTorch's torch.optim.Adam / AdamW (foreach=False), so runs compare with the seed's.
+// Adam and AdamW over the flat parameter and gradient buffers (dist/grad_reducer.h), in one fused
+// pass (ATen's _fused_adam_ / _fused_adamw_, on the CPU and on CUDA): each element's parameter,
+// gradient and two moments are read and written once per step, where a per-tensor optimizer walks
+// the model's ~100 tensors with ~10 ATen ops each. The math is torch.optim.Adam / AdamW's.
 //
 // The state covers a range [begin, end) of the flat buffer, which is what ZeRO-1 will shard.
 #pragma once
@@ -37,20 +37,6 @@ class FlatAdam {
   AdamOptions opts_;
   torch::Tensor steps_;  // updates taken, a float32 scalar on the parameters' device
 };
-
-// The CPU update of n elements, on the calling thread: FlatAdam::step splits the buffer over
-// threads and runs this on each piece. The AVX2 path (chosen at run time) and the scalar one round
-// identically: the same operations in the same order, with no fused multiply-add.
-struct AdamScalars {
-  float beta1, beta2, eps, weight_decay;
-  float step_size;  // lr / (1 - beta1^t)
-  float sqrt_bc2;   // sqrt(1 - beta2^t)
-  float decay;      // AdamW's 1 - lr*wd; 1 for Adam
-  bool l2;          // Adam with weight decay: g += wd*p
-};
-void adam_update_cpu(float* p, const float* g, float* m, float* v, int64_t n, const AdamScalars& s,
-                     bool allow_simd = true);
-bool adam_update_has_avx2();
 
 // Learning rate at `step` (0-based): linear warmup to `lr` over `warmup` steps, then constant or
 // cosine decay to `min_lr` at `total` steps.
