@@ -9,44 +9,32 @@
 namespace samout::train {
 
 JsonLine& JsonLine::add(const std::string& key, double v) {
-  char buf[64];
+  // JSON has no NaN or Infinity: a non-finite number is written as null (json.loads reads None).
   if (std::isfinite(v)) {
-    std::snprintf(buf, sizeof(buf), "%.9g", v);
+    j_[key] = v;
   } else {
-    std::snprintf(buf, sizeof(buf), "null");  // JSON has no NaN or Infinity
+    j_[key] = nullptr;
   }
-  fields_.emplace_back(key, buf);
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& key, int64_t v) {
-  fields_.emplace_back(key, std::to_string(v));
+  j_[key] = v;
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& key, bool v) {
-  fields_.emplace_back(key, v ? "true" : "false");
+  j_[key] = v;
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& key, const std::string& v) {
-  std::string q = "\"";
-  for (char c : v) {
-    if (c == '"' || c == '\\') q += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    q += c;
-  }
-  fields_.emplace_back(key, q + "\"");
+  j_[key] = v;
   return *this;
 }
 
 std::string JsonLine::str() const {
-  std::string s = "{";
-  for (size_t i = 0; i < fields_.size(); ++i) {
-    if (i) s += ", ";
-    s += "\"" + fields_[i].first + "\": " + fields_[i].second;
-  }
-  return s + "}";
+  return j_.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
 }
 
 MetricsFile::MetricsFile(const std::string& path) {

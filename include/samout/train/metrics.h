@@ -2,14 +2,15 @@
 // as one JSON object per line in --metrics_file.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdio>
 #include <string>
-#include <utility>
-#include <vector>
 
 namespace samout::train {
 
-// One JSON object, built field by field (numbers and strings only; that is all metrics need).
+// One JSON object, fields in the order added (nlohmann's ordered_json). Non-finite numbers are
+// written as null, which Python's json reads back as None.
 class JsonLine {
  public:
   JsonLine& add(const std::string& key, double v);
@@ -19,7 +20,7 @@ class JsonLine {
   std::string str() const;
 
  private:
-  std::vector<std::pair<std::string, std::string>> fields_;
+  nlohmann::ordered_json j_ = nlohmann::ordered_json::object();
 };
 
 class MetricsFile {
