@@ -45,10 +45,15 @@ struct HostView {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(int world, double timeout_s) : Communicator(world, timeout_s) {}
+  // comm: MPI_COMM_WORLD, or a group's communicator (owned: freed with this object).
+  MpiCommunicator(MPI_Comm comm, double timeout_s, bool owned)
+      : Communicator(size_of(comm), timeout_s), comm_(comm), owned_(owned) {}
 
   ~MpiCommunicator() override {
     if (!pending_.empty()) LOG(WARNING) << pending_.size() << " MPI requests left at shutdown";
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
   }
 
   void allreduce_sum_async(torch::Tensor flat, const std::string& what) override {
@@ -56,7 +61,7 @@ class MpiCommunicator final : public Communicator {
     pending_.push_back({HostView(flat), MPI_REQUEST_NULL, what});
     auto& h = pending_.back().view.host;
     SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h.data_ptr(), static_cast<int>(h.numel()),
-                                    mpi_type(h), MPI_SUM, MPI_COMM_WORLD, &pending_.back().req));
+                                    mpi_type(h), MPI_SUM, comm_, &pending_.back().req));
   }
 
   void progress() override {
@@ -81,7 +86,7 @@ class MpiCommunicator final : public Communicator {
     HostView v(t);
     MPI_Request req;
     SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v.host.data_ptr(), static_cast<int>(v.host.numel()),
-                                    mpi_type(v.host), MPI_SUM, MPI_COMM_WORLD, &req));
+                                    mpi_type(v.host), MPI_SUM, comm_, &req));
     wait_one(&req, "all-reduce", std::chrono::steady_clock::now());
     v.copy_back();
   }
@@ -93,7 +98,7 @@ class MpiCommunicator final : public Communicator {
     const int n = static_cast<int>(flat.numel() / world_);
     MPI_Request req;
     SAMOUT_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, v.host.data_ptr(), n,
-                                    mpi_type(v.host), MPI_COMM_WORLD, &req));
+                                    mpi_type(v.host), comm_, &req));
     wait_one(&req, "all-gather of the parameters", std::chrono::steady_clock::now());
     v.copy_back();
   }
@@ -103,7 +108,7 @@ class MpiCommunicator final : public Communicator {
     HostView v(t);
     MPI_Request req;
     SAMOUT_MPI_CHECK(MPI_Ibcast(v.host.data_ptr(), static_cast<int>(v.host.numel()),
-                                mpi_type(v.host), root, MPI_COMM_WORLD, &req));
+                                mpi_type(v.host), root, comm_, &req));
     wait_one(&req, "broadcast", std::chrono::steady_clock::now());
     v.copy_back();
   }
@@ -134,23 +139,45 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  static int size_of(MPI_Comm comm) {
+    int n = 1;
+    SAMOUT_MPI_CHECK(MPI_Comm_size(comm, &n));
+    return n;
+  }
+
+  MPI_Comm comm_;
+  bool owned_;
   std::vector<Pending> pending_;
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_mpi_communicator(const DistContext& ctx, double timeout_s) {
-  return std::make_unique<MpiCommunicator>(ctx.world, timeout_s);
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, double timeout_s, bool owned) {
+  return std::make_unique<MpiCommunicator>(comm, timeout_s, owned);
 }
 
 std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double timeout_s) {
-  if (ctx.comm == CommKind::kNccl && ctx.world > 1) return make_nccl_communicator(ctx, timeout_s);
-  return make_mpi_communicator(ctx, timeout_s);
+  if (ctx.comm == CommKind::kNccl && ctx.world > 1)
+    return make_nccl_communicator(MPI_COMM_WORLD, ctx.device, timeout_s);
+  return make_mpi_communicator(MPI_COMM_WORLD, timeout_s, /*owned=*/false);
+}
+
+std::unique_ptr<Communicator> make_group_communicator(const DistContext& ctx, int group_size,
+                                                      double timeout_s) {
+  CHECK(group_size >= 1 && ctx.world % group_size == 0);
+  MPI_Comm group;
+  SAMOUT_MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, ctx.rank / group_size, ctx.rank, &group));
+  if (ctx.comm == CommKind::kNccl && group_size > 1) {
+    auto c = make_nccl_communicator(group, ctx.device, timeout_s);
+    SAMOUT_MPI_CHECK(MPI_Comm_free(&group));  // NCCL needed it only to share its unique id
+    return c;
+  }
+  return make_mpi_communicator(group, timeout_s, /*owned=*/true);
 }
 
 #ifndef SAMOUT_HAVE_NCCL
 bool nccl_compiled() { return false; }
-std::unique_ptr<Communicator> make_nccl_communicator(const DistContext&, double) {
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm, const torch::Device&, double) {
   throw UsageError("this build has no NCCL: use --comm=mpi or --device=cpu");
 }
 #endif

@@ -36,15 +36,15 @@ ncclDataType_t nccl_type(const torch::Tensor& t) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(const DistContext& ctx, double timeout_s)
-      : Communicator(ctx.world, timeout_s),
-        rank_(ctx.rank),
-        device_(ctx.device.index()),
-        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, ctx.device.index())) {
+  NcclCommunicator(MPI_Comm mpi, int rank, int size, const torch::Device& device, double timeout_s)
+      : Communicator(size, timeout_s),
+        rank_(rank),
+        device_(device.index()),
+        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device.index())) {
     ncclUniqueId id;
-    if (ctx.rank == 0) SAMOUT_NCCL_CHECK(ncclGetUniqueId(&id));
-    SAMOUT_MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD));
-    SAMOUT_NCCL_CHECK(ncclCommInitRank(&comm_, ctx.world, id, ctx.rank));
+    if (rank == 0) SAMOUT_NCCL_CHECK(ncclGetUniqueId(&id));
+    SAMOUT_MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi));
+    SAMOUT_NCCL_CHECK(ncclCommInitRank(&comm_, size, id, rank));
     watchdog_ = std::make_unique<Watchdog>(
         timeout_s, [this] { return async_error(); },
         [this](const std::string& why) {
@@ -152,8 +152,12 @@ class NcclCommunicator final : public Communicator {
 
 bool nccl_compiled() { return true; }
 
-std::unique_ptr<Communicator> make_nccl_communicator(const DistContext& ctx, double timeout_s) {
-  return std::make_unique<NcclCommunicator>(ctx, timeout_s);
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const torch::Device& device,
+                                                     double timeout_s) {
+  int rank = 0, size = 1;
+  SAMOUT_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  SAMOUT_MPI_CHECK(MPI_Comm_size(comm, &size));
+  return std::make_unique<NcclCommunicator>(comm, rank, size, device, timeout_s);
 }
 
 }  // namespace samout::dist

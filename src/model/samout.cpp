@@ -36,7 +36,10 @@ std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::
   // the projection's dtype.
   auto al = alphas().to(y.scalar_type());
   auto st = state.defined() ? state.to(y.scalar_type()) : state;
-  auto r = ops::cummax_gate(y, al, st, gate);
+  // A sequence split over a context-parallel group: the carry comes from the earlier slices.
+  auto r = context && context->size > 1 && !st.defined()
+               ? ops::cummax_gate_context_parallel(y, al, *context)
+               : ops::cummax_gate(y, al, st, gate);
   return {r.out, r.state};
 }
 
@@ -97,6 +100,11 @@ SamOutImpl::SamOutImpl(const ModelConfig& cfg) : cfg_(cfg) {
     decoder_layers->push_back(DecoderLayer(cfg.hidden, cfg.heads, cfg.gate));
   head = register_module(
       "head", torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden, cfg.vocab_size).bias(false)));
+}
+
+void SamOutImpl::set_context_parallel(std::shared_ptr<const ops::ContextGroup> group) {
+  for (int64_t i = 0; i < cfg_.layers; ++i)
+    decoder_layers[i]->as<DecoderLayer>()->self_attention->context = group;
 }
 
 void SamOutImpl::check_tokens(const torch::Tensor& tokens) const {

@@ -64,6 +64,9 @@ DEFINE_bool(debug_sync_check, false,
 // ---- communication
 DEFINE_int64(bucket_mb, 25, "gradient bucket size in MB");
 DEFINE_double(comm_timeout_s, 300, "seconds a collective may take before the job is aborted");
+DEFINE_int32(context_parallel, 1,
+             "ranks that share each sequence, each holding 1/N of its tokens (context "
+             "parallelism); must divide the world size and --seq_len");
 DEFINE_string(comm, "auto",
               "auto (NCCL on GPUs, MPI on CPUs) | nccl | mpi (CUDA tensors staged through host "
               "memory; lets several ranks share one GPU, for testing)");
@@ -130,6 +133,7 @@ TrainConfig config_from_flags() {
   c.bucket_mb = FLAGS_bucket_mb;
   c.comm_timeout_s = FLAGS_comm_timeout_s;
   c.comm = FLAGS_comm;
+  c.context_parallel = FLAGS_context_parallel;
 
   auto positive = [](int64_t v, const char* name) {
     require(v > 0, std::string("--") + name + " must be positive, got " + std::to_string(v));
@@ -160,6 +164,7 @@ TrainConfig config_from_flags() {
   positive(c.max_bad_steps, "max_bad_steps");
   require(!c.resume.empty(), "--resume must be auto, never or the path of a checkpoint");
   positive(c.bucket_mb, "bucket_mb");
+  positive(c.context_parallel, "context_parallel");
   // The deadline is what keeps a job with a dead peer from hanging: it cannot be switched off.
   require(std::isfinite(c.comm_timeout_s) && c.comm_timeout_s > 0,
           "--comm_timeout_s must be a positive number of seconds, got " +

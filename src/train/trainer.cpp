@@ -111,14 +111,24 @@ class Trainer {
 
   // Everything that can fail because of the user's input happens here, before any collective.
   void setup() {
-    const int64_t G = cfg_.batch_size, W = ctx_.world;
-    require(G % W == 0, "--batch_size=" + std::to_string(G) + " is not divisible by the world size " +
-                            std::to_string(W));
+    const int64_t G = cfg_.batch_size, N = cfg_.context_parallel;
+    require(ctx_.world % N == 0, "--context_parallel=" + std::to_string(N) +
+                                     " does not divide the world size " + std::to_string(ctx_.world));
+    require(cfg_.seq_len % N == 0, "--context_parallel=" + std::to_string(N) +
+                                       " does not divide --seq_len=" + std::to_string(cfg_.seq_len));
+    // Data-parallel ranks: each group of N consecutive ranks shares its sequences.
+    const int64_t W = ctx_.world / N;
+    const std::string world_name =
+        N == 1 ? "the world size " + std::to_string(W)
+               : "the data-parallel size " + std::to_string(W) + " (world " +
+                     std::to_string(ctx_.world) + " / --context_parallel=" + std::to_string(N) + ")";
+    require(G % W == 0, "--batch_size=" + std::to_string(G) + " is not divisible by " + world_name);
     local_rows_ = G / W;
     micro_ = cfg_.micro_batch > 0 ? cfg_.micro_batch : local_rows_;
     require(local_rows_ % micro_ == 0,
-            "--batch_size=" + std::to_string(G) + " is not divisible by world size " +
-                std::to_string(W) + " x --micro_batch=" + std::to_string(micro_));
+            "--batch_size=" + std::to_string(G) + " is not divisible by " +
+                (N == 1 ? "world size " + std::to_string(W) : world_name) + " x --micro_batch=" +
+                std::to_string(micro_));
     accum_ = local_rows_ / micro_;
     require(cfg_.precision != "bf16" || ctx_.device.is_cuda(),
             "--precision=bf16 is not supported on the CPU; use --precision=fp32 or a GPU");
@@ -132,8 +142,8 @@ class Trainer {
     lc.spec = cfg_.data;
     lc.seq_len = cfg_.seq_len;
     lc.global_batch = G;
-    lc.rank = ctx_.rank;
-    lc.world = ctx_.world;
+    lc.rank = ctx_.rank / static_cast<int>(N);  // a context-parallel group reads the same rows
+    lc.world = static_cast<int>(W);
     lc.seed = cfg_.seed;
     lc.prefetch = cfg_.prefetch;
     lc.vocab_size = cfg_.model.vocab_size;
@@ -276,6 +286,19 @@ class Trainer {
   // Collectives start here: every rank passed setup().
   void connect() {
     comm_ = dist::make_communicator(ctx_, cfg_.comm_timeout_s);
+    if (cfg_.context_parallel > 1) {
+      group_comm_ = dist::make_group_communicator(ctx_, cfg_.context_parallel, cfg_.comm_timeout_s);
+      auto group = std::make_shared<ops::ContextGroup>();
+      group->index = ctx_.rank % cfg_.context_parallel;
+      group->size = cfg_.context_parallel;
+      group->all_gather = [this, index = group->index, n = group->size](const torch::Tensor& x) {
+        auto all = torch::empty({n, x.size(0), x.size(1)}, x.options());
+        all[index].copy_(x);
+        group_comm_->all_gather(all.view({-1}));
+        return all;
+      };
+      model_->set_context_parallel(group);
+    }
     std::vector<torch::Tensor> params;
     for (auto& p : model_->parameters()) params.push_back(p);
     reducer_ = std::make_unique<dist::GradReducer>(params, *comm_, cfg_.bucket_mb << 20, ctx_.rank,
@@ -295,8 +318,13 @@ class Trainer {
     resume_from(broadcast_string(resume_path_));
     LOG_IF(INFO, ctx_.is_root())
         << cfg_.model.describe() << ", " << cfg_.model.num_parameters() << " parameters; world "
-        << ctx_.world << " on " << ctx_.device << ", global batch " << cfg_.batch_size << " x "
-        << cfg_.seq_len << " tokens, " << accum_ << " micro-step(s) of " << micro_ << " per rank, "
+        << ctx_.world << " on " << ctx_.device
+        << (cfg_.context_parallel > 1
+                ? " (" + std::to_string(ctx_.world / cfg_.context_parallel) + " data-parallel x " +
+                      std::to_string(cfg_.context_parallel) + " context-parallel: " +
+                      std::to_string(cfg_.seq_len / cfg_.context_parallel) + " tokens per rank)"
+                : std::string())
+        << ", global batch " << cfg_.batch_size << " x " << cfg_.seq_len << " tokens, " << accum_ << " micro-step(s) of " << micro_ << " per rank, "
         << at::get_num_threads() << " threads per rank, " << reducer_->num_buckets()
         << " gradient buckets, " << cfg_.steps << " steps";
   }
@@ -449,7 +477,7 @@ class Trainer {
       reducer_->zero_grad();
       for (int64_t m = 0; m < accum_; ++m) {
         auto x = tokens.slice(0, m * micro_, (m + 1) * micro_);
-        auto inputs = x.slice(1, 0, T), targets = x.slice(1, 1, T + 1);
+        auto [inputs, targets] = my_tokens(x);
         reducer_->begin_backward(/*sync=*/m == accum_ - 1);
         torch::Tensor loss_sum;
         {
@@ -603,6 +631,14 @@ class Trainer {
   }
 
  private:
+  // This rank's inputs and targets of windows x (rows of T + 1 tokens): all T positions, or with
+  // context parallelism its slice [i T/N, (i+1) T/N) of them.
+  std::pair<torch::Tensor, torch::Tensor> my_tokens(const torch::Tensor& x) const {
+    const int64_t n = cfg_.context_parallel, len = cfg_.seq_len / n;
+    const int64_t begin = (ctx_.rank % n) * len;
+    return {x.slice(1, begin, begin + len), x.slice(1, begin + 1, begin + len + 1)};
+  }
+
   // Sum of the next-token cross entropy over the targets that are not padding.
   torch::Tensor token_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets) const {
     const int64_t V = logits.size(-1);
@@ -625,7 +661,7 @@ class Trainer {
       auto tokens = torch::from_blob(b.tokens.data(), {b.rows, b.cols}, torch::kInt32)
                         .to(torch::kLong)
                         .to(ctx_.device);
-      auto inputs = tokens.slice(1, 0, cfg_.seq_len), targets = tokens.slice(1, 1, cfg_.seq_len + 1);
+      auto [inputs, targets] = my_tokens(tokens);
       AutocastScope autocast(cfg_.precision == "bf16");
       auto logits = model_->forward(inputs).to(torch::kFloat32);
       acc[0] += token_loss_sum(logits, targets).cpu().to(torch::kDouble);
@@ -662,6 +698,7 @@ class Trainer {
   model::SamOut model_{nullptr};
   std::unique_ptr<MetricsFile> metrics_;
   std::unique_ptr<dist::Communicator> comm_;
+  std::unique_ptr<dist::Communicator> group_comm_;  // the context-parallel group's
   std::unique_ptr<dist::GradReducer> reducer_;
   std::unique_ptr<FlatAdam> optimizer_;
 };

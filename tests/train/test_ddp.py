@@ -10,6 +10,9 @@ Cases (each a ctest of its own, see tests/train/CMakeLists.txt):
   bad_flags    each bad flag: exit code 2 and exactly one error line, before any work
   rank_killed  SIGKILL of one rank mid-run brings the whole job down (no hang)
   big_flags_resume  configs/big.flags saves checkpoints, and the same command resumes from them
+  context_parallel  -np 2 --context_parallel=2 against -np 1 (losses 1e-6, weights 1e-5, with and
+               without ZeRO-1), -np 4 as 2 data- x 2 context-parallel against -np 2, and a
+               checkpoint saved with --context_parallel=2 resumed with 1
 
 GPU cases (ctest label gpu; exit 77, reported as skipped, where torch sees no CUDA device):
   gpu_cpu_parity     5 fp32 steps of a tiny model on the CPU and on the GPU: losses within 1e-4
@@ -126,6 +129,9 @@ def case_bad_flags(a, tmp):
         (1, ["--comm=gloo"], "--comm must be auto, nccl or mpi"),
         (2, ["--comm_timeout_s=0"], "--comm_timeout_s must be a positive number"),
         (1, ["--comm_timeout_s=nan"], "--comm_timeout_s must be a positive number"),
+        (2, ["--context_parallel=3"], "--context_parallel=3 does not divide the world size 2"),
+        (2, ["--context_parallel=2", "--seq_len=25"], "--context_parallel=2 does not divide --seq_len=25"),
+        (1, ["--context_parallel=0"], "--context_parallel must be positive"),
     ]
     for n, flags, expect in cases:
         m = os.path.join(tmp, "bad.jsonl")
@@ -155,6 +161,38 @@ def case_rank_killed(a, tmp):
         sys.exit("FAIL: the job hung after a rank was killed")
     print(f"job ended {time.time() - t0:.1f}s after the kill, exit {p.returncode}")
     assert p.returncode != 0
+
+
+def max_weight_diff(wa, wb):
+    assert wa.keys() == wb.keys()
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
+def case_context_parallel(a, tmp):
+    """Sequences split over ranks (--context_parallel) train as if whole."""
+    base = ["--batch_size=8", "--steps=10"]
+    for zero in ("0", "1"):
+        one = train(a.bin, tmp, f"one{zero}", base + [f"--zero={zero}"])
+        cp2 = train(a.bin, tmp, f"cp2{zero}", base + [f"--zero={zero}", "--context_parallel=2"], n=2)
+        close([r["loss"] for r in cp2[0]], [r["loss"] for r in one[0]], 1e-6,
+              f"-np 2 --context_parallel=2 vs -np 1, --zero={zero}")
+        worst = max_weight_diff(one[1], cp2[1])
+        print(f"  final weights: largest difference {worst:.2e}")
+        assert worst <= 1e-5, worst
+    dp2 = train(a.bin, tmp, "dp2", base, n=2)
+    dp2cp2 = train(a.bin, tmp, "dp2cp2", base + ["--context_parallel=2"], n=4)
+    close([r["loss"] for r in dp2cp2[0]], [r["loss"] for r in dp2[0]], 1e-6,
+          "-np 4 (2 data-parallel x 2 context-parallel) vs -np 2 data-parallel")
+    assert max_weight_diff(dp2[1], dp2cp2[1]) <= 1e-5
+    # Saved with --context_parallel=2, resumed with 1 (and the same global batches follow).
+    ck, m = os.path.join(tmp, "ck"), os.path.join(tmp, "resumed.jsonl")
+    run([a.bin] + TINY + ["--batch_size=8", "--steps=5", "--context_parallel=2", f"--ckpt_dir={ck}"], n=2)
+    run([a.bin] + TINY + ["--batch_size=8", "--steps=10", f"--ckpt_dir={ck}", f"--metrics_file={m}"])
+    resumed = {r["step"]: r["loss"] for r in metrics(m)[0]}
+    whole = {r["step"]: r["loss"] for r in one[0]}
+    assert sorted(resumed) == list(range(6, 11)), sorted(resumed)
+    close([resumed[k] for k in sorted(resumed)], [whole[k] for k in sorted(resumed)], 1e-5,
+          "saved at --context_parallel=2, resumed at 1, vs never split")
 
 
 def case_big_flags_resume(a, tmp):
@@ -254,6 +292,8 @@ def case_gpu_mpi_two_ranks(a, tmp):
         one = gpu_losses(a.bin, tmp, "one", args)
         two = gpu_losses(a.bin, tmp, "two", args + ["--comm=mpi"], n=2)
         close(two, one, 1e-5, f"2 ranks --comm=mpi on one GPU vs 1 rank, --zero={zero}")
+        cp = gpu_losses(a.bin, tmp, "cp", args + ["--comm=mpi", "--context_parallel=2"], n=2)
+        close(cp, one, 1e-5, f"2 ranks --comm=mpi --context_parallel=2 on one GPU vs 1 rank, --zero={zero}")
 
 
 def main():

@@ -15,6 +15,7 @@
 // bucket order for that reason).
 #pragma once
 
+#include <mpi.h>
 #include <torch/torch.h>
 
 #include <memory>
@@ -61,8 +62,16 @@ class Communicator {
 // needs no NCCL communicator).
 std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double timeout_s);
 
-std::unique_ptr<Communicator> make_mpi_communicator(const DistContext& ctx, double timeout_s);
-std::unique_ptr<Communicator> make_nccl_communicator(const DistContext& ctx, double timeout_s);
+// The communicator of a group of `group_size` consecutive ranks (rank r is in group r / group_size,
+// at index r % group_size): context parallelism's. Collective over all ranks (MPI_Comm_split).
+std::unique_ptr<Communicator> make_group_communicator(const DistContext& ctx, int group_size,
+                                                      double timeout_s);
+
+// Over the ranks of `comm` (MPI_COMM_WORLD or a group's). The MPI one frees `comm` if `owned`; the
+// NCCL one uses `comm` only at construction, to share its unique id.
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, double timeout_s, bool owned);
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const torch::Device& device,
+                                                     double timeout_s);
 bool nccl_compiled();
 
 }  // namespace samout::dist

@@ -8,10 +8,12 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <utility>
 #include <vector>
 
 #include "samout/model/config.h"
+#include "samout/ops/context_parallel.h"
 
 namespace samout::model {
 
@@ -29,6 +31,7 @@ class MaxStateSuperImpl : public torch::nn::Module {
   torch::nn::Linear combined{nullptr};  // d -> 3d, no bias: a | b | c
   torch::Tensor alpha1, alpha2, alpha3, alpha4, alpha5;
   ops::GateImpl gate;
+  std::shared_ptr<const ops::ContextGroup> context;  // set: x is this rank's slice of the sequence
 };
 TORCH_MODULE(MaxStateSuper);
 
@@ -72,6 +75,10 @@ class SamOutImpl : public torch::nn::Module {
   // Validation of token ids costs a device-to-host sync; the trainer, whose loader already checked
   // every id against the vocabulary, turns it off.
   void set_check_tokens(bool on) { check_tokens_ = on; }
+  // Context parallelism: every forward without a carried state sees this rank's slice of each
+  // sequence, and the layers exchange running-maximum summaries within `group` (ops/context_parallel.h).
+  // nullptr: whole sequences.
+  void set_context_parallel(std::shared_ptr<const ops::ContextGroup> group);
   const ModelConfig& config() const { return cfg_; }
 
   torch::nn::Embedding em{nullptr};

@@ -69,6 +69,7 @@ struct TrainConfig {
   int64_t bucket_mb = 25;
   double comm_timeout_s = 300;
   std::string comm = "auto";  // auto | nccl | mpi (dist/context.h)
+  int context_parallel = 1;   // N ranks share each sequence, T/N tokens each
 };
 
 }  // namespace samout::train

@@ -1,0 +1,133 @@
+// cummax_gate across the slices of a context-parallel group (context_parallel.h). The local work
+// is the fused op with the carry as its state; what crosses ranks is computed here with ATen ops
+// on [B, d] (the combine rules of SCAN.md) and [B, T/N, d] masks (the carry-owned prefix).
+#include "samout/ops/context_parallel.h"
+
+namespace samout::ops {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// take_max(running, v): v when v >= running or v is NaN (ties to the later, NaN propagates).
+torch::Tensor take_max(const torch::Tensor& running, const torch::Tensor& v) {
+  return torch::where(v.ge(running).logical_or(v.isnan()), v, running);
+}
+
+// Slice j is wholly owned by its carry when its own maximum neither reaches the carry nor is NaN.
+torch::Tensor wholly_carried(const torch::Tensor& m, const torch::Tensor& carry) {
+  return m.ge(carry).logical_or(m.isnan()).logical_not();
+}
+
+struct Carries {
+  torch::Tensor maxima;  // (N, B, d): every slice's own maximum
+  torch::Tensor carry;   // (N, B, d): the state entering each slice
+};
+
+Carries gather_carries(const torch::Tensor& c, const ContextGroup& g) {
+  // amax propagates NaN, as take_max does; ties do not matter for the value.
+  auto local = c.amax(/*dim=*/1).contiguous();
+  Carries r;
+  r.maxima = g.all_gather(local);
+  std::vector<torch::Tensor> carry;
+  auto running = torch::full_like(local, -std::numeric_limits<double>::infinity());
+  for (int j = 0; j < g.size; ++j) {
+    carry.push_back(running);
+    running = take_max(running, r.maxima[j]);
+  }
+  r.carry = torch::stack(carry);
+  return r;
+}
+
+struct GroupArg {  // apply() takes tensors and plain values; the group travels by pointer
+  const ContextGroup* group;
+};
+
+class ContextParallelGate : public torch::autograd::Function<ContextParallelGate> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& y,
+                               const torch::Tensor& alphas, const GroupArg& arg) {
+    const ContextGroup& g = *arg.group;
+    const int64_t d = y.size(2) / 3;
+    const Carries cr = gather_carries(y.narrow(2, 2 * d, d), g);
+    const auto state = cr.carry[g.index].contiguous();
+    GateResult r;
+    {
+      torch::AutoGradMode enable(true);  // the local op's own graph, differentiated below
+      auto y_leaf = y.detach().requires_grad_(true);
+      auto a_leaf = alphas.detach().requires_grad_(true);
+      r = cummax_gate(y_leaf, a_leaf, state);
+      ctx->save_for_backward({y_leaf, a_leaf, r.out, state, cr.maxima, cr.carry});
+    }
+    ctx->saved_data["index"] = static_cast<int64_t>(g.index);
+    ctx->saved_data["group"] = reinterpret_cast<int64_t>(arg.group);
+    ctx->mark_non_differentiable({r.state});
+    return {r.out.detach(), r.state.detach()};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& y = saved[0];
+    const auto& alphas = saved[1];
+    const auto& out = saved[2];
+    const auto& state = saved[3];
+    const auto& maxima = saved[4];
+    const auto& carry = saved[5];
+    const int64_t i = ctx->saved_data["index"].toInt();
+    const auto* g = reinterpret_cast<const ContextGroup*>(ctx->saved_data["group"].toInt());
+    const int64_t N = g->size, d = y.size(2) / 3;
+    auto grad_out = grads[0].defined() ? grads[0] : torch::zeros_like(out);
+
+    // The local gradients, with the carry as a fixed state.
+    auto local = torch::autograd::grad({out}, {y, alphas}, {grad_out});
+    auto grad_y = local[0].contiguous();
+
+    const auto acc_t = y.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32;
+    auto a = y.narrow(2, 0, d), b = y.narrow(2, d, d), c = y.narrow(2, 2 * d, d);
+    const auto al = alphas.to(acc_t);
+    // dL/dm at each position, and this slice's carry-owned prefix (its own running maximum has not
+    // reached the carry yet): the prefix's sum G_i goes to the owner of the carry.
+    auto gm = grad_out.to(acc_t) * ((a + b + c).to(acc_t) + al[1] + al[4]);
+    auto own_max = std::get<0>(torch::cummax(c, /*dim=*/1));
+    auto prefix = wholly_carried(own_max, state.unsqueeze(1));
+    auto G = g->all_gather(torch::where(prefix, gm, torch::zeros_like(gm)).sum(1).contiguous());
+
+    // R_{i+1}: from the last slice back to i+1, R_k = G_k + (slice k wholly carried ? R_{k+1} : 0).
+    auto R = torch::zeros_like(G[0]);
+    for (int64_t k = N - 1; k > i; --k)
+      R = G[k] + torch::where(wholly_carried(maxima[k], carry[k]), R, torch::zeros_like(R));
+    // Released at the position that owns this slice's last running maximum, unless this slice is
+    // wholly carried itself (then R went on to an earlier slice, through G_i).
+    const auto keep = wholly_carried(maxima[i], carry[i]).logical_not();
+    if (i + 1 < N) {
+      auto m = take_max(state.unsqueeze(1), own_max);  // the running maximum with the carry
+      auto owner = c.eq(m).logical_or(c.isnan());
+      const int64_t T = c.size(1);
+      auto last = (T - 1) - owner.flip({1}).to(torch::kInt).argmax(/*dim=*/1);  // (B, d)
+      auto add = torch::where(keep, R, torch::zeros_like(R)).to(grad_y.scalar_type());
+      grad_y.narrow(2, 2 * d, d).scatter_add_(1, last.unsqueeze(1), add.unsqueeze(1));
+    }
+    return {grad_y, local[1], torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+GateResult cummax_gate_context_parallel(const torch::Tensor& y, const torch::Tensor& alphas,
+                                        const ContextGroup& group) {
+  TORCH_CHECK(group.size >= 1 && group.index >= 0 && group.index < group.size && group.all_gather,
+              "cummax_gate_context_parallel: bad group");
+  if (group.size == 1) return cummax_gate(y, alphas);
+  const bool needs_grad =
+      torch::GradMode::is_enabled() && (y.requires_grad() || alphas.requires_grad());
+  if (!needs_grad) {
+    const int64_t d = y.size(2) / 3;
+    const Carries cr = gather_carries(y.narrow(2, 2 * d, d), group);
+    return cummax_gate(y, alphas, cr.carry[group.index].contiguous());
+  }
+  auto outs = ContextParallelGate::apply(y, alphas, GroupArg{&group});
+  return {outs[0], outs[1]};
+}
+
+}  // namespace samout::ops
