@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <glog/logging.h>
 #include <mpi.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -97,6 +98,13 @@ double peak_device_mb() {
 #else
   return 0.0;
 #endif
+}
+
+// Peak resident memory of this process (the CPU's counterpart of peak_device_mb), in MB.
+double peak_rss_mb() {
+  struct rusage u {};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports kilobytes
 }
 
 // The run stopped for a reason every rank agrees on (too many bad steps, preemption): not a crash.
@@ -569,7 +577,8 @@ class Trainer {
         j.add("compute_ms", phase_ms[1] * per).add("comm_wait_ms", comm_ms);
         j.add("optimizer_ms", phase_ms[3] * per);
         if (mfu_now > 0) j.add("mfu", mfu_now);
-        if (dev.is_cuda()) j.add("peak_mem_mb", peak_device_mb());
+        j.add(dev.is_cuda() ? "peak_mem_mb" : "peak_rss_mb",
+              dev.is_cuda() ? peak_device_mb() : peak_rss_mb());
         j.add("tokens", tokens_done_).add("eta_s", eta);
         metrics_->write(j);
         if (ctx_.is_root()) {
@@ -614,7 +623,8 @@ class Trainer {
     fin.add("final", true).add("steps", cfg_.steps).add("tokens", tokens_done_);
     fin.add("skipped_steps", bad_steps_total_);
     fin.add("wall_s", wall).add("mean_tokens_per_s", tokens_done_ / std::max(wall, 1e-9));
-    if (dev.is_cuda()) fin.add("peak_mem_mb", peak_device_mb());
+    fin.add(dev.is_cuda() ? "peak_mem_mb" : "peak_rss_mb",
+            dev.is_cuda() ? peak_device_mb() : peak_rss_mb());
     metrics_->write(fin);
     LOG_IF(INFO, ctx_.is_root()) << "done: " << cfg_.steps << " steps, " << tokens_done_
                                  << " tokens in " << format_duration(wall) << ", mean "
