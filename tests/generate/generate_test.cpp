@@ -1,5 +1,6 @@
 // Tests of samout/model/generate.h: the sampler's filters against their definitions, seeded draws,
-// the carried state (stepwise logits == whole-sequence logits), and streaming decode.
+// the carried state (stepwise logits == whole-sequence logits), and streaming decode. The CUDA
+// session (CUDA graph, GPU against CPU) is tested in generate_cuda_test.cpp (ctest label gpu).
 #include "samout/model/generate.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -14,6 +15,7 @@
 
 #include "samout/common/error.h"
 #include "samout/data/tokenizer.h"
+#include "session_fixture.h"
 
 namespace samout::model {
 namespace {
@@ -166,33 +168,6 @@ TEST(Sampler, RejectsBadConfig) {
 
 // ---- Session ------------------------------------------------------------------------------------
 
-// A small model whose alphas differ from 0.5 so every term of the gate matters (and, with
-// odd_layer_norm, whose LayerNorm affine parameters differ from 1 and 0 too).
-SamOut tiny_model(uint64_t seed, int64_t vocab_size = 97, int64_t hidden = 40, int64_t layers = 3,
-                  bool odd_layer_norm = false) {
-  torch::manual_seed(seed);
-  ModelConfig cfg;
-  cfg.vocab_size = vocab_size;
-  cfg.hidden = hidden;
-  cfg.layers = layers;
-  cfg.heads = 4;
-  cfg.pad_id = 3;
-  SamOut m(cfg);
-  torch::NoGradGuard ng;
-  for (auto& p : m->named_parameters()) {
-    if (p.key().find("alpha") != std::string::npos) p.value().uniform_(-1, 1);
-    if (odd_layer_norm && p.key().find("layer_norm") != std::string::npos)
-      p.value().uniform_(0.5, 1.5);
-  }
-  return m;
-}
-
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
-  const double err = (got - want).abs().max().item<double>();
-  const double scale = want.abs().max().item<double>();
-  EXPECT_LE(err, 1e-5 * std::max(1.0, scale)) << what << ": max abs error " << err;
-}
-
 TEST(Session, StepwiseLogitsEqualWholeSequence) {
   auto model = tiny_model(1);
   auto tokens = torch::randint(0, 97, {2, 24}, torch::kLong);
@@ -291,29 +266,6 @@ TEST(Session, RejectsOutOfRangePrompt) {
   EXPECT_THROW(s.prefill(torch::tensor({{1, 97}}, torch::kLong)), UsageError);
   EXPECT_THROW(s.prefill(torch::tensor({{-1, 2}}, torch::kLong)), UsageError);
   EXPECT_THROW(s.prefill(torch::zeros({1, 0}, torch::kLong)), UsageError);
-}
-
-TEST(Session, CudaGraphMatchesEager) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  auto model = tiny_model(4);
-  model->to(torch::kCUDA);
-  auto tokens = torch::randint(0, 97, {3, 20}, torch::kLong).to(torch::kCUDA);
-  Session eager(model, false), graphed(model, true);
-  expect_close(graphed.prefill(tokens.narrow(1, 0, 4)), eager.prefill(tokens.narrow(1, 0, 4)),
-               "prefill");
-  for (int64_t t = 4; t < 20; ++t) {
-    auto want = eager.step(tokens.select(1, t)).clone();
-    expect_close(graphed.step(tokens.select(1, t)), want, "step " + std::to_string(t));
-  }
-  EXPECT_TRUE(graphed.graph_captured());
-  // A new prefill after capture: the graph's buffers take the new state.
-  expect_close(graphed.prefill(tokens.narrow(1, 0, 2)), eager.prefill(tokens.narrow(1, 0, 2)),
-               "re-prefill");
-  for (int64_t t = 2; t < 6; ++t) {
-    auto want = eager.step(tokens.select(1, t)).clone();
-    expect_close(graphed.step(tokens.select(1, t)), want,
-                 "step after re-prefill " + std::to_string(t));
-  }
 }
 
 // ---- TextStreamer -------------------------------------------------------------------------------

@@ -1,0 +1,506 @@
+"""launch/gpu_check.sh and its report helper, on a machine without a GPU.
+
+    python tests/launch/test_gpu_check.py no_gpu             the one-line refusal, exit 2
+    python tests/launch/test_gpu_check.py report --ddp B --generate B --opbench B  the parsers on real program outputs
+    python tests/launch/test_gpu_check.py flow               the whole script on stand-in programs
+
+no_gpu: without nvidia-smi, and with an nvidia-smi that lists a GPU torch cannot use, the script
+prints exactly one line and exits 2, writing nothing. Where a real GPU is present the case is
+skipped (exit 77): the refusal cannot be observed there.
+report: real outputs of samout_ddp (CPU metrics file), bench_generate, bench_cummax_gate (CPU JSON),
+pytorch_seed_loop.py and ctest are read back into figures equal to those recomputed here from the
+raw files; a skipped GPU test or a sanitizer error turns a pass into a fail; ratios divide samout by
+the strongest PyTorch peer that passed at the same shape.
+flow: gpu_check.sh with GPU_CHECK_ASSUME_GPU=1 and stand-ins (build folder with a CTestTestfile,
+samout_ddp, bench_generate, bench_cummax_gate, compute-sanitizer, nvidia-smi, a python that answers
+for pytorch_seed_loop.py): every stage is recorded in order, a failed stage and a hung one (killed at
+its --cap, status timeout) do not stop the later ones, results.md/json hold every figure, the
+table is printed last, the exit status is 1; with --budget=5 every stage is skipped for time.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "launch", "gpu_check.sh")
+REPORT = os.path.join(ROOT, "launch", "gpu_check_report.py")
+SKIP = 77
+
+
+def has_real_gpu():
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(re.search(r"^GPU \d+:", out, re.M))
+
+
+def write_exe(path, text):
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text).lstrip())
+    os.chmod(path, 0o755)
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"FAIL: {what}")
+
+
+# ---- no_gpu ---------------------------------------------------------------------------------------
+
+def case_no_gpu(a, tmp):
+    if has_real_gpu():
+        print("SKIP: this machine has an NVIDIA GPU (nvidia-smi -L lists one), so gpu_check.sh would "
+              "run instead of refusing; the refusal is tested on machines without one")
+        sys.exit(SKIP)
+    out = os.path.join(tmp, "out")
+    # 1. No nvidia-smi on PATH at all (a PATH that still has bash, python3 and coreutils).
+    bare = os.path.join(tmp, "bare")
+    os.makedirs(bare)
+    for tool in ("bash", "python3", "timeout", "grep", "dirname", "nproc", "sed", "date", "cat"):
+        p = shutil.which(tool)
+        if p:
+            os.symlink(p, os.path.join(bare, tool))
+    env = dict(os.environ, PATH=bare)
+    env.pop("OUT", None)
+    p = subprocess.run(["bash", SCRIPT, f"--out={out}"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    lines = (p.stdout + p.stderr).splitlines()
+    print(f"without nvidia-smi: exit {p.returncode}: {lines}")
+    check(p.returncode == 2, f"exit {p.returncode}, expected 2")
+    check(len(lines) == 1, f"expected one line, got {lines}")
+    check(lines[0].startswith("gpu_check: no NVIDIA GPU on this machine (nvidia-smi not found)")
+          and "--prepare" in lines[0], lines[0])
+    check(not os.path.exists(out), "it wrote its output folder")
+    # 2. nvidia-smi lists a GPU, but torch cannot use one (here: there is none).
+    fake = os.path.join(tmp, "fake")
+    os.makedirs(fake)
+    write_exe(os.path.join(fake, "nvidia-smi"), """
+        #!/bin/sh
+        echo "GPU 0: NVIDIA H200 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
+    """)
+    env = dict(os.environ, PATH=fake + os.pathsep + os.environ["PATH"])
+    env.pop("OUT", None)
+    p = subprocess.run(["bash", SCRIPT, f"--out={out}", f"--python={a.python}"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    lines = (p.stdout + p.stderr).splitlines()
+    print(f"nvidia-smi lists one, torch sees none: exit {p.returncode}: {lines}")
+    check(p.returncode == 2, f"exit {p.returncode}, expected 2")
+    check(len(lines) == 1 and "torch.cuda.is_available() is False" in lines[0], lines)
+    check(not os.path.exists(out), "it wrote its output folder")
+    # 3. A bad argument: one line, exit 2, before any probing.
+    p = subprocess.run(["bash", SCRIPT, "--frobnicate"], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 2 and len((p.stdout + p.stderr).splitlines()) == 1, (p.returncode, p.stderr))
+    print("no_gpu: ok")
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def report(out, *args):
+    p = subprocess.run([sys.executable, REPORT, "--out", out, *args], capture_output=True, text=True,
+                       timeout=60)
+    check(p.returncode == 0, f"gpu_check_report {args}: {p.stderr}")
+    return p.stdout
+
+
+def load(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+def stage(res, sid):
+    found = [s for s in res["stages"] if s["id"] == sid]
+    check(len(found) == 1, f"stage {sid}: {len(found)} records")
+    return found[0]
+
+
+def close(x, y, what, rel=1e-9):
+    check(isinstance(x, (int, float)) and abs(x - y) <= rel * max(abs(y), 1e-12), f"{what}: {x} != {y}")
+
+
+def real_ctest_log(tmp):
+    """ctest's own output for a passing, a skipped and a failing test."""
+    d = os.path.join(tmp, "ctest")
+    os.makedirs(d)
+    with open(os.path.join(d, "CTestTestfile.cmake"), "w") as f:
+        f.write('add_test(ops.good "true")\nset_tests_properties(ops.good PROPERTIES LABELS gpu)\n'
+                'add_test(ops.skips "sh" "-c" "echo no CUDA device; exit 77")\n'
+                'set_tests_properties(ops.skips PROPERTIES LABELS gpu SKIP_RETURN_CODE 77)\n'
+                'add_test(train.bad "false")\nset_tests_properties(train.bad PROPERTIES LABELS gpu)\n')
+    p = subprocess.run(["ctest", "--test-dir", d, "-L", "gpu", "--output-on-failure"],
+                       capture_output=True, text=True, timeout=120)
+    full = p.stdout + p.stderr
+    only_good = subprocess.run(["ctest", "--test-dir", d, "-R", "ops.good"], capture_output=True,
+                               text=True, timeout=120)
+    return full, only_good.stdout + only_good.stderr
+
+
+def case_report(a, tmp):
+    out = os.path.join(tmp, "out")
+    logs = os.path.join(out, "logs")
+    os.makedirs(logs)
+    report(out, "init", "--plan", "gpu_ctest=1 ctest", "--plan", "train_a=5 train",
+           "--plan", "never=9 a stage that never ran", "card=Test Card", "commit=abc")
+    check(os.path.exists(os.path.join(out, "results.md")), "no results.md after init")
+
+    # ctest: one skipped on a GPU machine makes the stage fail; all passing is a pass.
+    full, good = real_ctest_log(tmp)
+    for name, text in (("ctest_full", full), ("ctest_good", good)):
+        with open(os.path.join(logs, name + ".log"), "w") as f:
+            f.write(text)
+    report(out, "stage", "gpu_ctest", "--title", "1 ctest", "--status", "fail", "--log",
+           os.path.join(logs, "ctest_full.log"), "--parse", "ctest")
+    s = stage(load(out), "gpu_ctest")
+    f = s["figures"]
+    check((f["tests"], f["passed"], f["failed"], f["skipped"]) == (3, 1, 1, 1), f)
+    check(f["failed_tests"] == ["train.bad"] and f["skipped_tests"] == ["ops.skips"], f)
+    report(out, "stage", "ctest_good", "--status", "pass", "--log",
+           os.path.join(logs, "ctest_good.log"), "--parse", "ctest")
+    check(stage(load(out), "ctest_good")["status"] == "pass", "all-passing ctest is not a pass")
+    with open(os.path.join(logs, "ctest_skip.log"), "w") as f:
+        f.write(full.replace("***Failed", "   Passed"))
+    report(out, "stage", "ctest_skip", "--status", "pass", "--log",
+           os.path.join(logs, "ctest_skip.log"), "--parse", "ctest")
+    s = stage(load(out), "ctest_skip")
+    check(s["status"] == "fail" and "skipped on a GPU machine" in s["note"], s)
+
+    # memcheck: an error in the summary fails a run whose exit status was 0.
+    with open(os.path.join(logs, "memcheck.log"), "w") as f:
+        f.write("========= COMPUTE-SANITIZER\n[==========] 7 tests ran.\n[  PASSED  ] 7 tests.\n"
+                "========= Invalid __global__ read of size 4 bytes\n========= ERROR SUMMARY: 2 errors\n")
+    report(out, "stage", "memcheck", "--status", "pass", "--log", os.path.join(logs, "memcheck.log"),
+           "--parse", "memcheck")
+    s = stage(load(out), "memcheck")
+    check(s["status"] == "fail" and s["figures"]["sanitizer_errors"] == 2
+          and s["figures"]["gtest_passed"] == 7, s)
+
+    # samout_ddp's metrics file (real, CPU): median tokens/s after the first two windows.
+    m = os.path.join(logs, "train.jsonl")
+    subprocess.run([a.ddp, "--device=cpu", "--data=random:0",
+                    "--vocab_size=300", "--hidden=32", "--layers=1", "--heads=4", "--seq_len=16",
+                    "--batch_size=4", "--steps=12", "--log_every=2", f"--metrics_file={m}",
+                    "--threads=1"], check=True, capture_output=True, timeout=300)
+    rows = [json.loads(l) for l in open(m) if l.strip()]
+    steps = [r for r in rows if "step" in r and not r.get("final")]
+    want_tps = statistics.median(r["tokens_per_s"] for r in steps[2:])
+    report(out, "stage", "train_a", "--title", "5 train", "--status", "pass", "--log", m,
+           "--parse", "metrics", "--set", "kind=samout_train", "--set", "batch_size=4",
+           "--set", "seq_len=16", "--set", "precision=fp32")
+    s = stage(load(out), "train_a")
+    check(s["status"] == "pass", s)
+    close(s["figures"]["tokens_per_s"], want_tps, "metrics median tokens/s")
+    check(s["figures"]["windows"] == len(steps) - 2 and s["figures"]["dropped_windows"] == 2, s)
+    check(s["comparison"] if "comparison" in s else True, s)
+
+    # PyTorch peers (real, CPU): the stronger one is the one compared against; a timed-out peer
+    # is not a peer.
+    peers = {}
+    for sid, extra in (("peer_plain", []), ("peer_fused", ["--fused_adam"])):
+        log = os.path.join(logs, sid + ".log")
+        with open(log, "w") as f:
+            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "train", "pytorch_seed_loop.py"),
+                            "--vocab_size=300", "--hidden=32", "--layers=1", "--heads=4",
+                            "--seq_len=16", "--batch_size=4", "--steps=4", "--warmup=1",
+                            "--threads=1", "--decode_tokens=5", "--decode_warmup=1"] + extra,
+                           stdout=f, stderr=subprocess.STDOUT, check=True, timeout=300)
+        with open(log) as f:
+            peers[sid] = json.loads(f.read().strip().splitlines()[-1])
+        report(out, "stage", sid, "--status", "pass", "--log", log, "--parse", "pytorch",
+               "--set", "kind=pytorch_train")
+    fast = {"tokens_per_s": 10 * max(p["tokens_per_s"] for p in peers.values()),
+            "step_ms": 1.0, "steps": 4, "batch_size": 4, "seq_len": 16, "precision": "fp32",
+            "compile": "reduce-overhead", "fused_adam": True}
+    with open(os.path.join(logs, "peer_hung.log"), "w") as f:
+        f.write("pytorch_seed_loop: ...\n" + json.dumps(fast) + "\n")
+    report(out, "stage", "peer_hung", "--status", "timeout", "--log",
+           os.path.join(logs, "peer_hung.log"), "--parse", "pytorch", "--set", "kind=pytorch_train")
+    res = load(out)
+    best = max(peers.values(), key=lambda p: p["tokens_per_s"])
+    cmp = stage(res, "train_a")["comparison"]
+    close(cmp["ratio"], want_tps / best["tokens_per_s"], "ratio to the strongest peer")
+    close(cmp["peer_tokens_per_s"], best["tokens_per_s"], "peer tokens/s")
+    close(stage(res, "peer_plain")["figures"]["decode_tokens_per_s"],
+          peers["peer_plain"]["decode_tokens_per_s"], "peer decode")
+
+    # bench_generate (real, CPU): tokens/s = 1000 / the median over contexts of ms/token (median).
+    log = os.path.join(logs, "decode.log")
+    with open(log, "w") as f:
+        subprocess.run([a.generate, "--vocab_size=100", "--hidden=32",
+                        "--layers=1", "--heads=4", "--contexts=10,20,40", "--tokens=5", "--warmup=2",
+                        "--threads=1"], stdout=f, stderr=subprocess.STDOUT, check=True, timeout=300)
+    text = open(log).read()
+    meds = [float(m.group(1)) for m in re.finditer(r"^\s*(?:10|20|40)\s+[\d.]+\s+([\d.]+)", text, re.M)]
+    check(len(meds) == 3, f"bench_generate's table changed? {text}")
+    report(out, "stage", "decode", "--status", "pass", "--log", log, "--parse", "generate",
+           "--set", "kind=samout_decode")
+    s = stage(load(out), "decode")
+    check([c["context"] for c in s["figures"]["contexts"]] == [10, 20, 40], s)
+    close(s["figures"]["tokens_per_s"], 1000 / statistics.median(meds), "decode tokens/s", 1e-6)
+    check("sampling_tokens_per_s" in s["figures"] and "read_gb_s" in s["figures"], s["figures"])
+    close(s["comparison"]["ratio"], s["figures"]["tokens_per_s"] / max(
+        p["decode_tokens_per_s"] for p in peers.values()), "decode ratio", 1e-6)
+
+    # bench_cummax_gate --json (real, CPU format).
+    j = os.path.join(out, "opbench.json")
+    subprocess.run([a.opbench, "--shapes=2x16x32", "--reps=2",
+                    "--warmup=1", "--threads=1", f"--json={j}"], check=True, capture_output=True,
+                   timeout=300)
+    doc = json.load(open(j))
+    report(out, "stage", "opbench", "--status", "pass", "--log", j, "--parse", "opbench",
+           "--input", j, "--set", "kind=samout_op")
+    s = stage(load(out), "opbench")
+    fb = [r for r in s["figures"]["rows"] if r["what"] == "fwd_bwd"]
+    want = [m for m in doc["results"][0]["measurements"] if m["what"] == "fwd_bwd"][0]
+    check(len(fb) == 1 and fb[0]["shape"] == "2x16x32", s["figures"]["rows"])
+    close(fb[0]["composite_over_fused"], want["composite_over_fused"], "op ratio")
+    # ... and the CUDA format (what --device=cuda writes), with a failed check.
+    cuda_doc = {"benchmark": "bench_cummax_gate", "device": "cuda", "check_ok": False,
+                "results": [{"shape": [32, 1024, 512], "dtype": "bf16",
+                             "copy": {"ms": 0.02, "gb_s": 4300.0},
+                             "measurements": [{"what": "fwd_bwd", "bytes": 1e8,
+                                               "composite_over_fused": 2.5,
+                                               "composite": {"ms": 1.0, "gb_s": 100.0},
+                                               "fused": {"ms": 0.4, "gb_s": 250.0,
+                                                         "fraction_of_copy": 0.058}}]}]}
+    with open(os.path.join(out, "opbench_cuda.json"), "w") as f:
+        json.dump(cuda_doc, f)
+    report(out, "stage", "opbench_cuda", "--status", "pass", "--parse", "opbench", "--input",
+           os.path.join(out, "opbench_cuda.json"), "--set", "kind=samout_op")
+    s = stage(load(out), "opbench_cuda")
+    check(s["status"] == "fail" and "disagree" in s["note"], s)
+    check(s["figures"]["rows"][0]["fused_gb_s"] == 250.0, s)
+
+    # A stage whose output is missing cannot pass.
+    report(out, "stage", "ghost", "--status", "pass", "--parse", "metrics", "--input",
+           os.path.join(logs, "nothing.jsonl"))
+    check(stage(load(out), "ghost")["status"] == "fail", "a stage without output passed")
+
+    # The Markdown: planned stages in plan order, one never run, the ratio cell, the op table.
+    table = report(out, "render", "--print")
+    md = open(os.path.join(out, "results.md")).read()
+    check(table and table in md, "the printed table is not the one in results.md")
+    rows = [l for l in table.splitlines() if l.startswith("| ")][1:]
+    check(rows[0].startswith("| 1 ctest | fail") and rows[1].startswith("| 5 train | pass")
+          and rows[2].startswith("| 9 a stage that never ran | not run"), rows[:3])
+    check(f"{cmp['ratio']:.2f}x the strongest" in rows[1], rows[1])
+    check("- card: Test Card" in md and "| 2x16x32 | fp32 | fwd_bwd |" in md, md)
+    print(table)
+    print("report: ok")
+
+
+# ---- flow -----------------------------------------------------------------------------------------
+
+FAKE_DDP = r'''
+#!PYTHON
+import json, sys
+a = dict(x[2:].split("=", 1) for x in sys.argv[1:] if x.startswith("--") and "=" in x)
+b, t = int(a["batch_size"]), int(a["seq_len"])
+base = {1024: 600000.0, 49: 250000.0, 8192: 300000.0}[t]
+with open(a["metrics_file"], "w") as f:
+    steps, every = int(a["steps"]), int(a["log_every"])
+    for i, s in enumerate(range(every, steps + 1, every)):
+        tps = base * (0.5 if i < 2 else 1.0 + 0.01 * (i % 3))
+        f.write(json.dumps({"step": s, "loss": 9.0 - 0.01 * s, "tokens_per_s": tps,
+                            "step_ms": 1000.0 * b * t / tps, "mfu": 0.3, "peak_mem_mb": 1024.0 * b}) + "\n")
+    f.write(json.dumps({"final": True, "steps": steps, "mean_tokens_per_s": base, "wall_s": 1.0}) + "\n")
+print("fake samout_ddp", " ".join(sys.argv[1:]))
+'''
+
+FAKE_GENERATE = r'''
+#!/bin/sh
+[ -n "${FAKE_HANG_DECODE:-}" ] && exec sleep 600
+cat <<EOF
+model: V=8460 d=512 L=8 h=8, 21266480 parameters, device cuda, threads 16, CUDA graph
+baseline: read the 80.4 MB a step touches once (sum over each weight tensor): 0.050 ms median of 200 (1608.0 GB/s)
+   context   prefill_ms  ms/token(med) ms/token(mean)     tokens/s    vs_read
+       100          3.1          0.400          0.410       2439.0       8.00
+      1000          5.2          0.500          0.510       1960.8      10.00
+     10000         20.9          0.450          0.460       2173.9       9.00
+flatness: slowest/fastest median over contexts = 1.250
+ratio: median ms/token (all contexts) / read-weights-once = 9.00 (target <= 1.5)
+with sampling (T=0.8, top-k 50, top-p 0.9, penalty 1.1): 0.600 ms/token median, 1600.0 tokens/s
+EOF
+'''
+
+FAKE_OPBENCH = r'''
+#!PYTHON
+import json, sys
+a = dict(x[2:].split("=", 1) for x in sys.argv[1:] if x.startswith("--") and "=" in x)
+res = [{"shape": list(s), "dtype": d, "copy": {"ms": 0.1, "gb_s": 4300.0},
+        "measurements": [{"what": w, "bytes": 1e8, "composite_over_fused": 3.0,
+                          "composite": {"ms": 0.3, "gb_s": 300.0},
+                          "fused": {"ms": 0.1, "gb_s": 1000.0, "fraction_of_copy": 0.23}}
+                         for w in ("fwd_infer", "fwd_train", "fwd_bwd")]}
+       for s in ((32, 1024, 512), (4, 16384, 512)) for d in ("fp32", "bf16")]
+json.dump({"benchmark": "bench_cummax_gate", "device": "cuda", "check_ok": True, "results": res},
+          open(a["json"], "w"))
+'''
+
+FAKE_TEST_BIN = r'''
+#!/bin/sh
+echo "[==========] 5 tests ran."
+echo "[  PASSED  ] 5 tests."
+'''
+
+FAKE_SANITIZER = r'''
+#!/bin/sh
+# compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 1 PROGRAM
+[ "$1 $2 $3 $4 $5 $6" = "--tool memcheck --report-api-errors no --error-exitcode 1" ] || exit 9
+shift 6
+echo "========= COMPUTE-SANITIZER"
+"$@"
+echo "========= ERROR SUMMARY: 0 errors"
+'''
+
+FAKE_SMI = r'''
+#!/bin/sh
+case "$*" in
+  -L) echo "GPU 0: NVIDIA H200 (UUID: GPU-fake)" ;;
+  *memory.used*) while :; do echo 2048; sleep 0.2; done ;;
+  *name,driver_version*) echo "NVIDIA H200, 580.00, 143771 MiB" ;;
+  *) echo "fake nvidia-smi" ;;
+esac
+'''
+
+FAKE_PYTHON = r'''
+#!/bin/sh
+# The PyTorch peers answer from here; anything else goes to the real interpreter.
+case "$1" in
+  *pytorch_seed_loop.py) exec REALPY - "$@" <<'EOF'
+import json, sys
+a = dict(x[2:].split("=", 1) if "=" in x else (x[2:], True) for x in sys.argv[2:] if x.startswith("--"))
+t = int(a["seq_len"])
+if a.get("compile", "none") != "none":
+    tps = 500000.0          # the compiled peer is the strongest at T=49
+else:
+    tps = {1024: 400000.0, 49: 100000.0, 8192: 250000.0}[t] * (1.5 if a.get("precision") == "bf16" else 1.0)
+r = {"tokens_per_s": tps, "step_ms": 1.0, "steps": int(a["steps"]), "batch_size": int(a["batch_size"]),
+     "seq_len": t, "precision": a.get("precision", "fp32"), "compile": a.get("compile", "none"),
+     "fused_adam": "fused_adam" in a, "peak_mem_bytes": 2 ** 31, "warmup_s": 1.0}
+if "decode_tokens" in a:
+    r.update(decode_tokens_per_s=400.0, decode_ms_per_token=2.5)
+print("fake peer")
+print(json.dumps(r))
+EOF
+  ;;
+  *) exec REALPY "$@" ;;
+esac
+'''
+
+CTEST_FILE = '''
+add_test(ops.cuda_forward "true")
+set_tests_properties(ops.cuda_forward PROPERTIES LABELS gpu)
+add_test(generate.cuda_graph "true")
+set_tests_properties(generate.cuda_graph PROPERTIES LABELS gpu)
+add_test(train.gpu_sync_free "true")
+set_tests_properties(train.gpu_sync_free PROPERTIES LABELS gpu)
+add_test(train.gpu_mpi_two_ranks "sh" "-c" "echo losses differ; exit 1")
+set_tests_properties(train.gpu_mpi_two_ranks PROPERTIES LABELS gpu)
+add_test(ops.cpu_only "false")
+'''
+
+
+def make_fakes(tmp):
+    fb = os.path.join(tmp, "fakebin")
+    build = os.path.join(tmp, "build")
+    os.makedirs(fb)
+    os.makedirs(os.path.join(build, "bin"))
+    py = sys.executable
+    for path, text in ((os.path.join(build, "bin", "samout_ddp"), FAKE_DDP),
+                       (os.path.join(build, "bin", "bench_generate"), FAKE_GENERATE),
+                       (os.path.join(build, "bin", "bench_cummax_gate"), FAKE_OPBENCH),
+                       (os.path.join(build, "bin", "cummax_gate_cuda_test"), FAKE_TEST_BIN),
+                       (os.path.join(fb, "compute-sanitizer"), FAKE_SANITIZER),
+                       (os.path.join(fb, "nvidia-smi"), FAKE_SMI),
+                       (os.path.join(fb, "python-fake"), FAKE_PYTHON)):
+        write_exe(path, text.replace("#!PYTHON", "#!" + py).replace("REALPY", py))
+    with open(os.path.join(build, "CTestTestfile.cmake"), "w") as f:
+        f.write(CTEST_FILE)
+    return fb, build
+
+
+def run_flow(tmp, fb, build, out, *extra, env_extra=None):
+    env = dict(os.environ, PATH=fb + os.pathsep + os.environ["PATH"], GPU_CHECK_ASSUME_GPU="1",
+               GPU_CHECK_SYSROOT=os.path.join(tmp, "sysroot"), **(env_extra or {}))
+    env.pop("OUT", None)
+    cmd = ["bash", SCRIPT, f"--out={out}", f"--build={build}", "--skip=configure,build",
+           f"--python={os.path.join(fb, 'python-fake')}", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    print(p.stdout[-6000:])
+    if p.stderr.strip():
+        print("stderr:", p.stderr[-3000:])
+    return p
+
+
+def case_flow(a, tmp):
+    fb, build = make_fakes(tmp)
+    out = os.path.join(tmp, "out")
+    p = run_flow(tmp, fb, build, out, "--cap=decode:3", env_extra={"FAKE_HANG_DECODE": "1"})
+    check(p.returncode == 1, f"exit {p.returncode}, expected 1 (a stage failed)")
+    res = load(out)
+    ids = [s["id"] for s in res["stages"]]
+    plan = [pid for pid, _ in res["plan"]]
+    check("configure" not in plan and "build" not in plan, plan)
+    check(ids == plan, f"stages recorded {ids}, planned {plan}")
+    status = {s["id"]: s["status"] for s in res["stages"]}
+    want = {sid: "pass" for sid in plan}
+    want.update(mpi_two_ranks="fail", decode="timeout")
+    check(status == want, f"statuses {status}")
+    g = stage(res, "gpu_ctest")["figures"]
+    check(g["tests"] == 2 and g["passed"] == 2, g)  # -L gpu without the two run on their own
+    t = stage(res, "train_32x1024_bf16")
+    close(t["figures"]["tokens_per_s"], statistics.median(
+        [600000.0 * (1.0 + 0.01 * (i % 3)) for i in range(2, 8)]), "median after warm-up")
+    close(t["comparison"]["ratio"], t["figures"]["tokens_per_s"] / 600000.0, "ratio vs bf16 eager")
+    check(t["comparison"]["vs"] == "bf16 eager + fused Adam", t["comparison"])
+    check(t["figures"]["smi_peak_mib"] == 2048.0, t["figures"])
+    t = stage(res, "train_32x49_fp32")
+    check(t["comparison"]["vs"] == "fp32 compile reduce-overhead + fused Adam", t["comparison"])
+    check(stage(res, "opbench")["figures"]["rows"][2]["what"] == "fwd_bwd", "opbench rows")
+    check(res["meta"]["card"] == "NVIDIA H200" and "wall_s" in res["meta"], res["meta"])
+    tail = p.stdout.rstrip().splitlines()
+    check(tail[-1].startswith("gpu_check: not passed: ") and "decode=timeout" in tail[-1], tail[-1])
+    check(any(l.startswith("| 5 samout train B=32 T=1024 bf16 | pass") for l in tail[-25:]),
+          "the table is not printed last")
+    md = open(os.path.join(out, "results.md")).read()
+    check("| 6 samout decode batch 1, CUDA graph | timeout |" in md, md)
+    for sid in plan + ["peer_compile_prewarm"]:
+        check(os.path.exists(os.path.join(out, "logs", sid + ".log")), f"no log for {sid}")
+
+    # A budget too small for anything: every stage is recorded as skipped, none is started.
+    out2 = os.path.join(tmp, "out2")
+    p = run_flow(tmp, fb, build, out2, "--budget=5", "--no_prewarm")
+    check(p.returncode == 1, f"exit {p.returncode}")
+    res = load(out2)
+    check(all(s["status"] == "skipped" and "out of time" in s["note"] for s in res["stages"])
+          and len(res["stages"]) == len(res["plan"]), res["stages"])
+    check(not os.path.exists(os.path.join(out2, "logs", "gpu_ctest.log")), "a skipped stage ran")
+    print("flow: ok")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("case", choices=["no_gpu", "report", "flow"])
+    p.add_argument("--ddp", help="samout_ddp (report)")
+    p.add_argument("--generate", help="bench_generate (report)")
+    p.add_argument("--opbench", help="bench_cummax_gate (report)")
+    p.add_argument("--python", default=sys.executable, help="a python with torch (no_gpu)")
+    a = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix=f"gpu_check_{a.case}_")
+    try:
+        {"no_gpu": case_no_gpu, "report": case_report, "flow": case_flow}[a.case](a, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
