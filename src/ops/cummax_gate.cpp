@@ -24,8 +24,8 @@ std::string to_string(GateImpl impl) {
 
 #ifndef SAMOUT_HAVE_CUDA
 bool cuda_kernels_compiled() { return false; }
-void cummax_gate_forward_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                              torch::Tensor&, torch::Tensor&, torch::Tensor&) {
+torch::Tensor cummax_gate_forward_cuda(const torch::Tensor&, const torch::Tensor&,
+                                       const torch::Tensor&, torch::Tensor&, torch::Tensor&, bool) {
   TORCH_CHECK(false, "cummax_gate: this build has no CUDA kernels");
 }
 void cummax_gate_backward_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
@@ -58,7 +58,10 @@ int64_t check_inputs(const torch::Tensor& y, const torch::Tensor& alphas, const 
 bool use_cuda(const torch::Tensor& y) { return y.is_cuda(); }
 
 struct ForwardOut {
-  torch::Tensor out, m_saved, last_m;
+  torch::Tensor out, last_m;
+  // What the backward needs besides y and alphas: the running max m_saved (B, T, d) on the CPU,
+  // the carries entering each time chunk, chunk_carry (B, K, d), on CUDA. Undefined for inference.
+  torch::Tensor saved;
 };
 
 // y may be any view whose last dim is contiguous (the kernels take its strides); the rest are made
@@ -71,12 +74,12 @@ ForwardOut fused_forward(const torch::Tensor& y_in, const torch::Tensor& alphas_
   const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
   ForwardOut r;
   r.out = torch::empty({B, T, d}, y.options());
-  if (save_m) r.m_saved = torch::empty({B, T, d}, y.options());
   r.last_m = torch::empty({B, d}, y.options());
   if (use_cuda(y)) {
-    cummax_gate_forward_cuda(y, alphas, state, r.out, r.m_saved, r.last_m);
+    r.saved = cummax_gate_forward_cuda(y, alphas, state, r.out, r.last_m, save_m);
   } else {
-    cummax_gate_forward_cpu(y, alphas, state, r.out, r.m_saved, r.last_m);
+    if (save_m) r.saved = torch::empty({B, T, d}, y.options());
+    cummax_gate_forward_cpu(y, alphas, state, r.out, r.saved, r.last_m);
   }
   return r;
 }
@@ -93,7 +96,7 @@ class CummaxGateFunction : public torch::autograd::Function<CummaxGateFunction> 
                                                 const torch::Tensor& y, const torch::Tensor& alphas,
                                                 const StateArg& state) {
     ForwardOut r = fused_forward(y, alphas, state.value, /*save_m=*/true);
-    ctx->save_for_backward({y.stride(2) == 1 ? y : y.contiguous(), alphas.contiguous(), r.m_saved});
+    ctx->save_for_backward({y.stride(2) == 1 ? y : y.contiguous(), alphas.contiguous(), r.saved});
     ctx->mark_non_differentiable({r.last_m});
     return {r.out, r.last_m};
   }
@@ -103,14 +106,16 @@ class CummaxGateFunction : public torch::autograd::Function<CummaxGateFunction> 
     auto saved = ctx->get_saved_variables();
     const torch::Tensor& y = saved[0];
     const torch::Tensor& alphas = saved[1];
-    const torch::Tensor& m_saved = saved[2];
-    torch::Tensor grad_out = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(m_saved);
-    torch::Tensor grad_y = torch::empty({y.size(0), y.size(1), y.size(2)}, y.options());
+    const torch::Tensor& for_backward = saved[2];  // m_saved (CPU) or chunk_carry (CUDA)
+    const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+    torch::Tensor grad_out =
+        grads[0].defined() ? grads[0].contiguous() : torch::zeros({B, T, d}, y.options());
+    torch::Tensor grad_y = torch::empty({B, T, 3 * d}, y.options());
     torch::Tensor grad_alphas = torch::empty({5}, alphas.options());
     if (use_cuda(y)) {
-      cummax_gate_backward_cuda(grad_out, y, alphas, m_saved, grad_y, grad_alphas);
+      cummax_gate_backward_cuda(grad_out, y, alphas, for_backward, grad_y, grad_alphas);
     } else {
-      cummax_gate_backward_cpu(grad_out, y, alphas, m_saved, grad_y, grad_alphas);
+      cummax_gate_backward_cpu(grad_out, y, alphas, for_backward, grad_y, grad_alphas);
     }
     return {grad_y, grad_alphas, torch::Tensor()};  // nothing for the state
   }
@@ -147,7 +152,7 @@ GateResult cummax_gate(const torch::Tensor& y, const torch::Tensor& alphas,
   TORCH_CHECK(y.size(1) > 0, "cummax_gate: empty sequence (T = 0)");
   const bool needs_grad =
       torch::GradMode::is_enabled() && (y.requires_grad() || alphas.requires_grad());
-  if (!needs_grad) {  // inference: no autograd node, and no saved running max
+  if (!needs_grad) {  // inference: no autograd node, and nothing saved
     ForwardOut r = fused_forward(y, alphas, state, /*save_m=*/false);
     return {r.out, r.last_m};
   }

@@ -1,211 +1,340 @@
-// The fused cummax_gate kernels for CUDA: one thread per (batch row, channel), one pass over time.
+// The fused cummax_gate kernels for CUDA: a chunked scan over time, bandwidth-bound.
 //
-// Adjacent threads own adjacent channels, so every time step is a coalesced read of a, b and c.
-// This is the straightforward first version behind the dispatch point; the GPU-speed issue replaces
-// it with a chunked two-pass scan for small B*d and long T. The reference is the composite
-// (cummax_gate_composite); tests/ops/cummax_gate_cuda_test.cpp compares these kernels with the CPU
-// kernel wherever a GPU exists.
+// What each thread computes lives in include/samout/ops/cummax_scan_cuda.cuh (host-and-device, run
+// on the CPU by tests/ops/cummax_gate_cuda_emulation_test.cpp over an emulated grid); this file maps
+// blocks and threads onto it, sizes the grid, and launches. The algorithm, in short (details there):
+//   forward:  summary_kernel   chunk maxima M_k                        (skipped when K = 1)
+//             output_kernel    carries C_k from the M, then out; saves C_k (B, K, d) for the backward
+//   backward: chunk_kernel     one pass per chunk from C_k, recomputing m from c: dL/dy, the chunk's
+//                              records (G_k, e_k, D_k), per-block partial sums of the alpha grads
+//             finish_kernel    the reverse segmented sum over chunks (R_k) per channel, rewriting
+//                              dc at each chunk's end owner; one extra block adds the alpha partials
+// Each thread owns VEC channels (16-byte loads and stores when every row is 16-byte aligned, else 1)
+// of one (batch row, time chunk). The grid covers channel tiles x batch x chunks, with enough chunks
+// that one wave about fills every SM (gate_cuda::plan_chunks, from the kernels' occupancy).
 //
-// The backward is free of host synchronisation and bitwise reproducible: the alpha gradients are
-// summed per block into a (blocks, 4) buffer, and one small kernel adds those partials in a fixed
-// order and writes dL/dalphas itself (no float atomics, no tensor built from host data).
+// Deterministic and free of host synchronisation: every sum runs in a fixed order (per thread in
+// time order; per block a shuffle tree, then warps in order; over blocks in block order), no float
+// atomics, and no tensor is built from host data.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
+#include "samout/ops/context_parallel.h"
 #include "samout/ops/cummax_gate.h"
+#include "samout/ops/cummax_scan_cuda.cuh"
 
 namespace samout::ops {
 
 namespace {
 
-constexpr int kThreads = 256;  // per block, every kernel here
-constexpr int kWarp = 32;
+using gate_cuda::AlphaSums;
+using gate_cuda::ChunkPlan;
+using gate_cuda::ChunkRecords;
+using gate_cuda::GateArgs;
+using gate_cuda::GridMap;
+using gate_cuda::kThreads;
+using gate_cuda::kWarp;
 static_assert(kThreads % kWarp == 0 && (kThreads & (kThreads - 1)) == 0,
               "the block reductions need a power-of-two block of whole warps");
 
-// torch.cummax's update rule: take the new value when it is >= the running max (ties go to the
-// latest position) or when it is NaN (NaN propagates). The same rules as cummax_gate_cpu.cpp.
-template <typename T>
-__device__ __forceinline__ T take_max(T running, T v) {
-  return (v >= running || v != v) ? v : running;
-}
+// ---- Kernels ------------------------------------------------------------------------------------
 
-// True when position t holds the running maximum m_t itself, given c_t and m_t (see the CPU file).
-template <typename T>
-__device__ __forceinline__ bool is_argmax(T c, T m) {
-  return c == m || c != c;
-}
-
-template <typename scalar_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ alphas,
-                               const scalar_t* __restrict__ state, scalar_t* __restrict__ out,
-                               scalar_t* __restrict__ m_saved, scalar_t* __restrict__ last_m,
-                               int64_t B, int64_t T, int64_t d, int64_t sB, int64_t sT) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= B * d) return;
-  const int64_t b = idx / d, j = idx % d;
-  const acc_t a1 = alphas[0], a3 = alphas[2], a4 = alphas[3];
-  const acc_t a25 = acc_t(alphas[1]) + acc_t(alphas[4]);
-  acc_t m = state ? acc_t(state[idx]) : -INFINITY;
-  const scalar_t* yb = y + b * sB + j;
-  for (int64_t t = 0; t < T; ++t) {
-    const acc_t av = yb[t * sT], bv = yb[t * sT + d], cv = yb[t * sT + 2 * d];
-    m = take_max(m, cv);
-    const int64_t o = (b * T + t) * d + j;
-    out[o] = scalar_t((av + bv + cv + a25) * m + a3 * av + a1 * bv + a4 * cv);
-    if (m_saved) m_saved[o] = scalar_t(m);
-  }
-  last_m[idx] = scalar_t(m);
-}
-
-// One thread per (batch row, channel), walking time backwards. Besides dL/dy, each block leaves
-// its partial sums of the alpha gradients in partials[blockIdx.x] = [g*b, g*m, g*a, g*c] (acc_t);
-// finish_alphas_kernel adds them up. Every sum runs in a fixed order (thread: over time; warp:
-// shuffle tree; block: warps in order; finish: see there), so the result is bitwise reproducible:
-// no atomics.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ y,
-                    const scalar_t* __restrict__ alphas, const scalar_t* __restrict__ m_saved,
-                    scalar_t* __restrict__ grad_y, acc_t* __restrict__ partials, int64_t B,
-                    int64_t T, int64_t d, int64_t sB, int64_t sT) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  acc_t sb = 0, sm = 0, sa = 0, sc = 0;
-  if (idx < B * d) {  // no early return: every thread takes part in the reductions below
-    const int64_t b = idx / d, j = idx % d;
-    const acc_t a1 = alphas[0], a3 = alphas[2], a4 = alphas[3];
-    const acc_t a25 = acc_t(alphas[1]) + acc_t(alphas[4]);
-    const scalar_t* yb = y + b * sB + j;
-    acc_t acc = 0;  // gradient of m waiting for the position that holds the maximum
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const acc_t av = yb[t * sT], bv = yb[t * sT + d], cv = yb[t * sT + 2 * d];
-      const int64_t o = (b * T + t) * d + j;
-      const acc_t g = grad_out[o], mv = m_saved[o];
-      scalar_t* gy = grad_y + (b * T + t) * 3 * d + j;
-      gy[0] = scalar_t(g * (mv + a3));
-      gy[d] = scalar_t(g * (mv + a1));
-      acc += g * (av + bv + cv + a25);
-      acc_t dc = g * (mv + a4);
-      if (is_argmax(cv, mv)) {
-        dc += acc;
-        acc = 0;
-      }
-      gy[2 * d] = scalar_t(dc);
-      sb += g * bv;
-      sm += g * mv;
-      sa += g * av;
-      sc += g * cv;
-    }
-    // Whatever is left in acc belongs to the carried-in state, which is not differentiated.
-  }
-  // Warp: a shuffle tree, lane 0 ends with the warp's sums.
+    summary_kernel(GateArgs<scalar_t> g, GridMap gm, scalar_t* __restrict__ summaries) {
+  gate_cuda::Work w;
+  if (!gate_cuda::work_of(gm, blockIdx.x, threadIdx.x, w)) return;
+  gate_cuda::summary_thread<scalar_t, VEC>(g, w.b, w.k, w.grp, summaries);
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    output_kernel(GateArgs<scalar_t> g, GridMap gm, const scalar_t* __restrict__ state,
+                  const scalar_t* __restrict__ summaries, scalar_t* __restrict__ out,
+                  scalar_t* __restrict__ chunk_carry, scalar_t* __restrict__ last_m) {
+  gate_cuda::Work w;
+  if (!gate_cuda::work_of(gm, blockIdx.x, threadIdx.x, w)) return;
+  gate_cuda::output_thread<scalar_t, VEC>(g, w.b, w.k, w.grp, state, summaries, out, chunk_carry,
+                                          last_m);
+}
+
+// The block's sums of the four alpha terms into partials[blockIdx.x] (4 values), in a fixed order:
+// a shuffle tree within each warp, then the warps in order. Every thread of the block must call it.
+template <typename acc_t>
+__device__ __forceinline__ void block_partials(AlphaSums<acc_t> s, acc_t* __restrict__ partials) {
+#pragma unroll
   for (int off = kWarp / 2; off > 0; off >>= 1) {
-    sb += __shfl_down_sync(0xffffffffu, sb, off);
-    sm += __shfl_down_sync(0xffffffffu, sm, off);
-    sa += __shfl_down_sync(0xffffffffu, sa, off);
-    sc += __shfl_down_sync(0xffffffffu, sc, off);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) s.v[q] += __shfl_down_sync(0xffffffffu, s.v[q], off);
   }
-  // Block: the warps' sums through shared memory, added by thread 0 in warp order.
   __shared__ acc_t warp_sums[kThreads / kWarp][4];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   if (lane == 0) {
-    warp_sums[warp][0] = sb;
-    warp_sums[warp][1] = sm;
-    warp_sums[warp][2] = sa;
-    warp_sums[warp][3] = sc;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) warp_sums[warp][q] = s.v[q];
   }
   __syncthreads();
   if (threadIdx.x < 4) {
-    acc_t s = 0;
-    for (int w = 0; w < kThreads / kWarp; ++w) s += warp_sums[w][threadIdx.x];
-    partials[static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x] = s;
+    acc_t t = acc_t(0);
+#pragma unroll
+    for (int w = 0; w < kThreads / kWarp; ++w) t += warp_sums[w][threadIdx.x];
+    partials[static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x] = t;
   }
 }
 
-// One block of kThreads: thread i adds the partials of blocks i, i + kThreads, ... in order, then a
-// shared-memory tree adds the threads' sums. Writes dL/dalpha1..5 = [g*b, g*m, g*a, g*c, g*m]
-// (alpha2 and alpha5 both multiply m). With no partials (B*d == 0) the gradients are zero.
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    chunk_kernel(GateArgs<scalar_t> g, GridMap gm, const scalar_t* __restrict__ grad_out,
+                 const scalar_t* __restrict__ chunk_carry, scalar_t* __restrict__ grad_y,
+                 ChunkRecords<at::opmath_type<scalar_t>> rec,
+                 at::opmath_type<scalar_t>* __restrict__ partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  AlphaSums<acc_t> s{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
+  gate_cuda::Work w;
+  // No early return: every thread takes part in the block's reduction.
+  if (gate_cuda::work_of(gm, blockIdx.x, threadIdx.x, w)) {
+    s = gate_cuda::backward_chunk_thread<scalar_t, VEC>(g, w.b, w.k, w.grp, grad_out, chunk_carry,
+                                                        grad_y, rec);
+  }
+  block_partials(s, partials);
+}
+
+// Blocks [0, carry_blocks): one thread per (batch row, channel), the carries across chunks (only
+// when K > 1). The last block: thread i adds the partials of blocks i, i + kThreads, ... in order,
+// then a shared-memory tree adds the threads' sums; it writes dL/dalphas (zeros when there are no
+// partials).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    finish_alphas_kernel(const acc_t* __restrict__ partials, int64_t num_partials,
-                         scalar_t* __restrict__ grad_alphas) {
-  __shared__ acc_t sums[4][kThreads];
-  acc_t s[4] = {0, 0, 0, 0};
-  for (int64_t i = threadIdx.x; i < num_partials; i += kThreads) {
-    for (int k = 0; k < 4; ++k) s[k] += partials[i * 4 + k];
+    finish_kernel(int64_t B, int64_t T, int64_t d, int64_t K, const acc_t* __restrict__ carried,
+                  const acc_t* __restrict__ open_sum, const int32_t* __restrict__ owner,
+                  scalar_t* __restrict__ grad_y, int64_t carry_blocks,
+                  const acc_t* __restrict__ partials, int64_t num_partials,
+                  scalar_t* __restrict__ grad_alphas) {
+  if (blockIdx.x < carry_blocks) {
+    const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+    if (idx < B * d) {
+      gate_cuda::carry_thread<scalar_t, acc_t>(T, d, K, carried, open_sum, owner, grad_y, idx / d,
+                                               idx % d);
+    }
+    return;  // block-uniform: the finishing block below is the last one
   }
-  for (int k = 0; k < 4; ++k) sums[k][threadIdx.x] = s[k];
+  __shared__ acc_t sums[4][kThreads];
+  const AlphaSums<acc_t> mine =
+      gate_cuda::strided_partial_sums(partials, num_partials, threadIdx.x, kThreads);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) sums[q][threadIdx.x] = mine.v[q];
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half >>= 1) {
     if (threadIdx.x < half) {
-      for (int k = 0; k < 4; ++k) sums[k][threadIdx.x] += sums[k][threadIdx.x + half];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) sums[q][threadIdx.x] += sums[q][threadIdx.x + half];
     }
     __syncthreads();
   }
-  if (threadIdx.x < 5) {
-    const int k = threadIdx.x == 4 ? 1 : threadIdx.x;  // alpha5 takes the g*m sum, as alpha2
-    grad_alphas[threadIdx.x] = scalar_t(sums[k][0]);
+  if (threadIdx.x == 0) {
+    const AlphaSums<acc_t> total{{sums[0][0], sums[1][0], sums[2][0], sums[3][0]}};
+    gate_cuda::write_alpha_grads(total, grad_alphas);
   }
 }
 
-int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
+// ---- Launch helpers -----------------------------------------------------------------------------
 
 // A 1-D grid of `blocks` blocks; gridDim.x is limited to 2^31 - 1.
 unsigned int grid_size(int64_t blocks) {
   TORCH_CHECK(blocks > 0 && blocks <= std::numeric_limits<int32_t>::max(),
-              "cummax_gate: B*d too large for one grid (", blocks, " blocks)");
+              "cummax_gate: too many blocks for one grid (", blocks, ")");
   return static_cast<unsigned int>(blocks);
+}
+
+// Threads the current GPU holds at once for the output and chunk kernels (the smaller of the two:
+// the forward's chunks are also the backward's). Occupancy is a property of the kernel, asked once.
+template <typename scalar_t, int VEC>
+int64_t resident_threads() {
+  static const int blocks_per_sm = [] {
+    int fwd = 0, bwd = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &fwd, output_kernel<scalar_t, VEC>, kThreads, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &bwd, chunk_kernel<scalar_t, VEC>, kThreads, 0));
+    return std::max(1, std::min(fwd, bwd));
+  }();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return static_cast<int64_t>(blocks_per_sm) * kThreads * sms;
+}
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+template <typename scalar_t>
+GateArgs<scalar_t> gate_args(const torch::Tensor& y, const torch::Tensor& alphas, ChunkPlan plan) {
+  return {y.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(), y.size(0), y.size(1),
+          y.size(2) / 3, y.stride(0), y.stride(1), plan.K, plan.L};
+}
+
+template <typename scalar_t, int VEC>
+torch::Tensor forward_impl(const torch::Tensor& y, const torch::Tensor& alphas,
+                           const torch::Tensor& state, torch::Tensor& out, torch::Tensor& last_m,
+                           bool save_for_backward) {
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  const gate_cuda::Launch launch =
+      gate_cuda::forward_launch<VEC>(B, T, d, resident_threads<scalar_t, VEC>());
+  const ChunkPlan plan = launch.plan;
+  const GridMap gm = launch.grid;
+  const GateArgs<scalar_t> g = gate_args<scalar_t>(y, alphas, plan);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  torch::Tensor summaries, chunk_carry;
+  if (plan.K > 1) {
+    summaries = torch::empty({B, plan.K, d}, y.options());  // every entry is written
+    summary_kernel<scalar_t, VEC><<<grid_size(gm.blocks), kThreads, 0, stream>>>(
+        g, gm, summaries.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (save_for_backward) chunk_carry = torch::empty({B, plan.K, d}, y.options());
+  output_kernel<scalar_t, VEC><<<grid_size(gm.blocks), kThreads, 0, stream>>>(
+      g, gm, ptr_or_null<scalar_t>(state), ptr_or_null<scalar_t>(summaries),
+      out.data_ptr<scalar_t>(), chunk_carry.defined() ? chunk_carry.data_ptr<scalar_t>() : nullptr,
+      last_m.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return chunk_carry;
+}
+
+template <typename scalar_t, int VEC>
+void backward_impl(const torch::Tensor& grad_out, const torch::Tensor& y,
+                   const torch::Tensor& alphas, const torch::Tensor& chunk_carry,
+                   torch::Tensor& grad_y, torch::Tensor& grad_alphas) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  const gate_cuda::Launch launch = gate_cuda::backward_launch<VEC>(B, T, d, chunk_carry.size(1));
+  const ChunkPlan plan = launch.plan;
+  const GridMap gm = launch.grid;
+  TORCH_CHECK(plan.K == chunk_carry.size(1), "cummax_gate_backward_cuda: chunk_carry has ",
+              chunk_carry.size(1), " chunks, which no forward of T = ", T, " chooses");
+  const GateArgs<scalar_t> g = gate_args<scalar_t>(y, alphas, plan);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const torch::TensorOptions acc_opts = y.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  // Every entry of these is written before it is read, so empty is enough.
+  const torch::Tensor partials = torch::empty({gm.blocks, 4}, acc_opts);
+  const torch::Tensor sums = torch::empty({2, B, plan.K, d}, acc_opts);  // G_k, D_k
+  const torch::Tensor owner = torch::empty({B, plan.K, d}, y.options().dtype(torch::kInt));
+  const ChunkRecords<acc_t> rec{sums[0].data_ptr<acc_t>(), sums[1].data_ptr<acc_t>(),
+                                owner.data_ptr<int32_t>()};
+  chunk_kernel<scalar_t, VEC><<<grid_size(gm.blocks), kThreads, 0, stream>>>(
+      g, gm, grad_out.data_ptr<scalar_t>(), chunk_carry.data_ptr<scalar_t>(),
+      grad_y.data_ptr<scalar_t>(), rec, partials.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t carry_blocks = gate_cuda::carry_blocks(B, d, plan.K);
+  finish_kernel<scalar_t, acc_t><<<grid_size(carry_blocks + 1), kThreads, 0, stream>>>(
+      B, T, d, plan.K, rec.carried, rec.open_sum, rec.owner, grad_y.data_ptr<scalar_t>(),
+      carry_blocks, partials.data_ptr<acc_t>(), gm.blocks, grad_alphas.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Context parallelism's scans over the N slices of a group: one thread per (b, j) column of (N, B, d).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    slice_carries_kernel(const T* __restrict__ M, T* __restrict__ C, int64_t N, int64_t cols) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (col < cols) scan::forward_carries(M + col, N, scan::neg_inf<T>(), C + col, cols);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    slice_gradient_sums_kernel(const T* __restrict__ G, const T* __restrict__ M,
+                               const T* __restrict__ C, T* __restrict__ R, int64_t N, int64_t cols) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (col < cols) scan::backward_carries(G + col, M + col, C + col, N, R + col, cols);
+}
+
+unsigned column_blocks(int64_t cols) { return static_cast<unsigned>((cols + kThreads - 1) / kThreads); }
+
+void check_sizes(const torch::Tensor& y) {
+  TORCH_CHECK(y.size(1) <= std::numeric_limits<int32_t>::max(),
+              "cummax_gate (CUDA): T must fit in 32 bits, got ", y.size(1));
 }
 
 }  // namespace
 
 bool cuda_kernels_compiled() { return true; }
 
-void cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
-                              const torch::Tensor& state, torch::Tensor& out,
-                              torch::Tensor& m_saved, torch::Tensor& last_m) {
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  if (B * d == 0) return;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<grid_size(blocks_for(B * d)), kThreads, 0, stream>>>(
-        y.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
-        state.defined() ? state.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-        m_saved.defined() ? m_saved.data_ptr<scalar_t>() : nullptr, last_m.data_ptr<scalar_t>(),
-        B, T, d, y.stride(0), y.stride(1));
+void slice_carries_cuda(const torch::Tensor& maxima, torch::Tensor& carries) {
+  const int64_t N = maxima.size(0), cols = N ? maxima.numel() / N : 0;
+  if (cols == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(maxima.scalar_type(), "slice_carries_cuda", [&] {
+    slice_carries_kernel<scalar_t><<<column_blocks(cols), kThreads, 0,
+                                     at::cuda::getCurrentCUDAStream()>>>(
+        maxima.data_ptr<scalar_t>(), carries.data_ptr<scalar_t>(), N, cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
+void slice_gradient_sums_cuda(const torch::Tensor& G, const torch::Tensor& maxima,
+                              const torch::Tensor& carries, torch::Tensor& R) {
+  const int64_t N = G.size(0), cols = N ? G.numel() / N : 0;
+  if (cols == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "slice_gradient_sums_cuda", [&] {
+    slice_gradient_sums_kernel<scalar_t><<<column_blocks(cols), kThreads, 0,
+                                           at::cuda::getCurrentCUDAStream()>>>(
+        G.data_ptr<scalar_t>(), maxima.data_ptr<scalar_t>(), carries.data_ptr<scalar_t>(),
+        R.data_ptr<scalar_t>(), N, cols);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+torch::Tensor cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
+                                       const torch::Tensor& state, torch::Tensor& out,
+                                       torch::Tensor& last_m, bool save_for_backward) {
+  const int64_t B = y.size(0), d = y.size(2) / 3;
+  if (B * d == 0) return save_for_backward ? torch::empty({B, 1, d}, y.options()) : torch::Tensor();
+  check_sizes(y);
+  torch::Tensor chunk_carry;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_forward_cuda", [&] {
+    if (gate_cuda::can_vectorize<scalar_t>(
+            d, y.stride(0), y.stride(1),
+            {y.data_ptr(), out.data_ptr(), state.defined() ? state.data_ptr() : nullptr,
+             last_m.data_ptr()})) {
+      chunk_carry = forward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(y, alphas, state, out,
+                                                                          last_m, save_for_backward);
+    } else {
+      chunk_carry = forward_impl<scalar_t, 1>(y, alphas, state, out, last_m, save_for_backward);
+    }
+  });
+  return chunk_carry;
+}
+
 void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tensor& y,
-                               const torch::Tensor& alphas, const torch::Tensor& m_saved,
+                               const torch::Tensor& alphas, const torch::Tensor& chunk_carry,
                                torch::Tensor& grad_y, torch::Tensor& grad_alphas) {
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  const int64_t B = y.size(0), d = y.size(2) / 3;
   TORCH_CHECK(grad_alphas.is_contiguous() && grad_alphas.numel() == 5,
               "cummax_gate_backward_cuda: grad_alphas must be a contiguous (5,)");
-  const int64_t blocks = blocks_for(B * d);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(chunk_carry.dim() == 3 && chunk_carry.size(0) == B && chunk_carry.size(2) == d &&
+                  chunk_carry.size(1) >= 1 && chunk_carry.is_contiguous(),
+              "cummax_gate_backward_cuda: chunk_carry must be the forward's contiguous (B, K, d)");
+  check_sizes(y);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // (blocks, 4): each block's [g*b, g*m, g*a, g*c]; every entry is written, so empty is enough.
-    auto partials =
-        torch::empty({blocks, 4}, y.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    if (blocks > 0) {
-      backward_kernel<scalar_t, acc_t><<<grid_size(blocks), kThreads, 0, stream>>>(
-          grad_out.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
-          m_saved.data_ptr<scalar_t>(), grad_y.data_ptr<scalar_t>(), partials.data_ptr<acc_t>(), B,
-          T, d, y.stride(0), y.stride(1));
+    if (B * d == 0) {  // no chunk threads: the finishing block alone writes zero alpha gradients
+      finish_kernel<scalar_t, acc_t><<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          B, y.size(1), d, 1, nullptr, nullptr, nullptr, nullptr, 0, nullptr, 0,
+          grad_alphas.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
     }
-    finish_alphas_kernel<scalar_t, acc_t><<<1, kThreads, 0, stream>>>(
-        partials.data_ptr<acc_t>(), blocks, grad_alphas.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (gate_cuda::can_vectorize<scalar_t>(
+            d, y.stride(0), y.stride(1),
+            {y.data_ptr(), grad_out.data_ptr(), chunk_carry.data_ptr(), grad_y.data_ptr()})) {
+      backward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(grad_out, y, alphas, chunk_carry,
+                                                             grad_y, grad_alphas);
+    } else {
+      backward_impl<scalar_t, 1>(grad_out, y, alphas, chunk_carry, grad_y, grad_alphas);
+    }
   });
 }
 

@@ -1,23 +1,100 @@
 // cummax_gate across the slices of a context-parallel group (context_parallel.h). The local work
-// is the fused op with the carry as its state; what crosses ranks is computed here with ATen ops
-// on [B, d] (the combine rules of SCAN.md) and [B, T/N, d] masks (the carry-owned prefix).
+// is the fused op with the carry as its state; the scan over slices is cummax_scan.h's phase 2 (the
+// same functions the kernels use over time chunks), and the per-position masks below are its
+// element rules lifted to tensors.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
 #include "samout/ops/context_parallel.h"
+#include "samout/ops/cummax_scan.h"
 
 namespace samout::ops {
+
+#ifndef SAMOUT_HAVE_CUDA
+void slice_carries_cuda(const torch::Tensor&, torch::Tensor&) {
+  TORCH_CHECK(false, "slice_carries: this build has no CUDA kernels");
+}
+void slice_gradient_sums_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                              torch::Tensor&) {
+  TORCH_CHECK(false, "slice_gradient_sums: this build has no CUDA kernels");
+}
+#endif
+
+namespace {
+
+void check_slices(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.dim() >= 1 && t.is_contiguous() &&
+                  (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kDouble),
+              what, ": a contiguous float or double (N, ...) tensor");
+}
+
+}  // namespace
+
+torch::Tensor slice_carries(const torch::Tensor& maxima) {
+  check_slices(maxima, "slice_carries");
+  auto carries = torch::empty_like(maxima);
+  if (maxima.is_cuda()) {
+    slice_carries_cuda(maxima, carries);
+    return carries;
+  }
+  const int64_t N = maxima.size(0), cols = maxima.numel() / std::max<int64_t>(N, 1);
+  AT_DISPATCH_FLOATING_TYPES(maxima.scalar_type(), "slice_carries", [&] {
+    const scalar_t* M = maxima.data_ptr<scalar_t>();
+    scalar_t* C = carries.data_ptr<scalar_t>();
+    at::parallel_for(0, cols, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t col = begin; col < end; ++col)
+        scan::forward_carries(M + col, N, scan::neg_inf<scalar_t>(), C + col, cols);
+    });
+  });
+  return carries;
+}
+
+torch::Tensor slice_gradient_sums(const torch::Tensor& G, const torch::Tensor& maxima,
+                                  const torch::Tensor& carries) {
+  check_slices(G, "slice_gradient_sums");
+  TORCH_CHECK(maxima.sizes() == G.sizes() && carries.sizes() == G.sizes() &&
+                  maxima.scalar_type() == G.scalar_type() &&
+                  carries.scalar_type() == G.scalar_type() && maxima.is_contiguous() &&
+                  carries.is_contiguous() && maxima.device() == G.device() &&
+                  carries.device() == G.device(),
+              "slice_gradient_sums: G, maxima and carries must match");
+  auto R = torch::empty_like(G);
+  if (G.is_cuda()) {
+    slice_gradient_sums_cuda(G, maxima, carries, R);
+    return R;
+  }
+  const int64_t N = G.size(0), cols = G.numel() / std::max<int64_t>(N, 1);
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "slice_gradient_sums", [&] {
+    const scalar_t* g = G.data_ptr<scalar_t>();
+    const scalar_t* M = maxima.data_ptr<scalar_t>();
+    const scalar_t* C = carries.data_ptr<scalar_t>();
+    scalar_t* r = R.data_ptr<scalar_t>();
+    at::parallel_for(0, cols, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t col = begin; col < end; ++col)
+        scan::backward_carries(g + col, M + col, C + col, N, r + col, cols);
+    });
+  });
+  return R;
+}
 
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// take_max(running, v): v when v >= running or v is NaN (ties to the later, NaN propagates).
+// scan::take_max, elementwise: v when v >= running or v is NaN (ties to the later, NaN propagates).
 torch::Tensor take_max(const torch::Tensor& running, const torch::Tensor& v) {
   return torch::where(v.ge(running).logical_or(v.isnan()), v, running);
 }
 
-// Slice j is wholly owned by its carry when its own maximum neither reaches the carry nor is NaN.
+// scan::carry_owns, elementwise: positions whose own running maximum m neither reaches the carry
+// nor is NaN are owned by the carry (with m a slice's maximum: the slice is wholly carried).
 torch::Tensor wholly_carried(const torch::Tensor& m, const torch::Tensor& carry) {
   return m.ge(carry).logical_or(m.isnan()).logical_not();
+}
+
+torch::ScalarType acc_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32;
 }
 
 struct Carries {
@@ -30,13 +107,8 @@ Carries gather_carries(const torch::Tensor& c, const ContextGroup& g) {
   auto local = c.amax(/*dim=*/1).contiguous();
   Carries r;
   r.maxima = g.all_gather(local);
-  std::vector<torch::Tensor> carry;
-  auto running = torch::full_like(local, -std::numeric_limits<double>::infinity());
-  for (int j = 0; j < g.size; ++j) {
-    carry.push_back(running);
-    running = take_max(running, r.maxima[j]);
-  }
-  r.carry = torch::stack(carry);
+  // In the accumulation type, exactly: every carry is -inf or one of the maxima.
+  r.carry = slice_carries(r.maxima.to(acc_type(c)).contiguous()).to(c.scalar_type());
   return r;
 }
 
@@ -83,7 +155,7 @@ class ContextParallelGate : public torch::autograd::Function<ContextParallelGate
     auto local = torch::autograd::grad({out}, {y, alphas}, {grad_out});
     auto grad_y = local[0].contiguous();
 
-    const auto acc_t = y.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat32;
+    const auto acc_t = acc_type(y);
     auto a = y.narrow(2, 0, d), b = y.narrow(2, d, d), c = y.narrow(2, 2 * d, d);
     const auto al = alphas.to(acc_t);
     // dL/dm at each position, and this slice's carry-owned prefix (its own running maximum has not
@@ -94,9 +166,8 @@ class ContextParallelGate : public torch::autograd::Function<ContextParallelGate
     auto G = g->all_gather(torch::where(prefix, gm, torch::zeros_like(gm)).sum(1).contiguous());
 
     // R_{i+1}: from the last slice back to i+1, R_k = G_k + (slice k wholly carried ? R_{k+1} : 0).
-    auto R = torch::zeros_like(G[0]);
-    for (int64_t k = N - 1; k > i; --k)
-      R = G[k] + torch::where(wholly_carried(maxima[k], carry[k]), R, torch::zeros_like(R));
+    const auto Rs = slice_gradient_sums(G.contiguous(), maxima.to(acc_t).contiguous(),
+                                        carry.to(acc_t).contiguous());
     // Released at the position that owns this slice's last running maximum, unless this slice is
     // wholly carried itself (then R went on to an earlier slice, through G_i).
     const auto keep = wholly_carried(maxima[i], carry[i]).logical_not();
@@ -105,6 +176,7 @@ class ContextParallelGate : public torch::autograd::Function<ContextParallelGate
       auto owner = c.eq(m).logical_or(c.isnan());
       const int64_t T = c.size(1);
       auto last = (T - 1) - owner.flip({1}).to(torch::kInt).argmax(/*dim=*/1);  // (B, d)
+      const auto R = Rs[i + 1];
       auto add = torch::where(keep, R, torch::zeros_like(R)).to(grad_y.scalar_type());
       grad_y.narrow(2, 2 * d, d).scatter_add_(1, last.unsqueeze(1), add.unsqueeze(1));
     }

@@ -1,178 +1,352 @@
-// The fused cummax_gate kernels for the CPU: one pass over time per channel, forward and backward.
+// The fused cummax_gate kernels for the CPU, on the chunked scan of samout/ops/cummax_scan.h.
 //
-// Work is split into (batch row, block of kBlock contiguous channels) tasks run by at::parallel_for.
-// Inside a task the time loop is outermost and the channel loop innermost, so each step reads three
-// contiguous runs of y (a, b and c of the block) and the compiler vectorises the channel loop; the
-// running maxima of the block live in a small local array.
+// Work is split by batch row b, tile of up to kTile contiguous channels, and time chunk of kChunk
+// steps (the last one shorter). Inside a task the time loop is outermost and the channel loop
+// innermost, so each step reads whole contiguous runs of y (a, b and c of the tile) and the
+// compiler vectorises the channel loop; the tile's running maxima (or accumulators) live in small
+// local arrays.
+//
+// Two schedules, chosen by the thread count, compute the same bits:
+//   serial over time  one task per (b, tile) walks its chunks in order (forward) or in reverse
+//                     (backward); used when there are enough (b, tile) pairs for the threads.
+//   time-parallel     SCAN.md's three phases, each an at::parallel_for: summaries per chunk, the
+//                     short scans over chunks per (b, tile), then each chunk; used when B is small
+//                     and T long (long-context generation, context-parallel slices, small batches).
+// The chunk length and the tiles depend on the shape only, and the backward's arithmetic is that of
+// the chunked scan in both schedules (the serial walk keeps, beside its running accumulator, the
+// chunk's own carry-owned sum G_k), so outputs and gradients are bitwise the same at any thread
+// count. The alpha gradients are summed per (b, tile, chunk) task and reduced in task order.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <array>
-#include <cmath>
-#include <limits>
+#include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "samout/ops/cummax_gate.h"
+#include "samout/ops/cummax_scan.h"
 
 namespace samout::ops {
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // channels per task: 64 floats = 4 cache lines per row
+constexpr int64_t kTile = 512;   // channels per task: a whole row of y's thirds at d = 512 (2 KB)
+constexpr int64_t kChunk = 256;  // time steps per chunk: the unit of the scan's arithmetic
 
-// torch.cummax's update rule: take the new value when it is >= the running max (ties go to the
-// latest position) or when it is NaN (NaN propagates, and a later NaN is the latest maximum).
-template <typename T>
-inline T take_max(T running, T v) {
-  return (v >= running || v != v) ? v : running;
-}
+// How a (B, T, d) problem is cut into tasks. W, L and K depend on the shape alone (they decide the
+// rounding of the backward's sums); time_parallel only decides the schedule.
+struct Plan {
+  int64_t B, T, d;
+  int64_t W;       // channels per tile (the last tile may be narrower)
+  int64_t ntiles;  // ceil(d / W)
+  int64_t L, K;    // chunk length and number of chunks
+  bool time_parallel;
 
-// True when position t holds the running maximum m_t itself (argmax_t == t), given c_t and m_t.
-// Derivation: m_t is either c_t or m_{t-1}; if c_t won, c_t == m_t bitwise (or both are NaN).
-// If m_{t-1} won, then c_t < m_{t-1} = m_t, or m_t is NaN while c_t is not: c_t == m_t is false.
-template <typename T>
-inline bool is_argmax(T c, T m) {
-  return c == m || c != c;
+  int64_t groups() const { return B * ntiles; }  // (b, tile) pairs
+  int64_t b_of(int64_t g) const { return g / ntiles; }
+  int64_t j0_of(int64_t g) const { return (g % ntiles) * W; }
+  int64_t w_of(int64_t g) const { return std::min(W, d - j0_of(g)); }
+  int64_t t0_of(int64_t k) const { return k * L; }
+  int64_t t1_of(int64_t k) const { return k * L + scan::chunk_length(T, L, k); }
+};
+
+Plan make_plan(int64_t B, int64_t T, int64_t d) {
+  Plan p;
+  p.B = B;
+  p.T = T;
+  p.d = d;
+  p.W = std::min(d, kTile);
+  p.ntiles = (d + p.W - 1) / p.W;
+  p.L = kChunk;
+  p.K = scan::num_chunks(T, p.L);
+  // Fewer than 4 (b, tile) tasks a thread leaves threads idle or unbalanced: split time too.
+  p.time_parallel = p.K > 1 && p.groups() < 4 * static_cast<int64_t>(at::get_num_threads());
+  return p;
 }
 
 template <typename scalar_t>
-void forward_kernel(const torch::Tensor& y, const torch::Tensor& alphas, const torch::Tensor& state,
-                    torch::Tensor& out, torch::Tensor& m_saved, torch::Tensor& last_m) {
+class Kernels {
+ public:
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  const int64_t sB = y.stride(0), sT = y.stride(1);
-  const scalar_t* yp = y.data_ptr<scalar_t>();
-  const scalar_t* sp = state.defined() ? state.data_ptr<scalar_t>() : nullptr;
-  scalar_t* op = out.data_ptr<scalar_t>();
-  scalar_t* mp = m_saved.defined() ? m_saved.data_ptr<scalar_t>() : nullptr;
-  scalar_t* lp = last_m.data_ptr<scalar_t>();
-  const auto al = alphas.accessor<scalar_t, 1>();
-  const acc_t a1 = al[0], a3 = al[2], a4 = al[3], a25 = acc_t(al[1]) + acc_t(al[4]);
-  const int64_t nblocks = (d + kBlock - 1) / kBlock;
 
-  at::parallel_for(0, B * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::array<acc_t, kBlock> m;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nblocks, j0 = (task % nblocks) * kBlock;
-      const int64_t w = std::min(kBlock, d - j0);
-      for (int64_t j = 0; j < w; ++j)
-        m[j] = sp ? acc_t(sp[b * d + j0 + j]) : -std::numeric_limits<acc_t>::infinity();
-      for (int64_t t = 0; t < T; ++t) {
-        const scalar_t* ya = yp + b * sB + t * sT + j0;  // a; b at +d; c at +2d
-        scalar_t* ot = op + (b * T + t) * d + j0;
-        for (int64_t j = 0; j < w; ++j) {
-          const acc_t av = ya[j], bv = ya[d + j], cv = ya[2 * d + j];
-          const acc_t mv = take_max(m[j], cv);
-          m[j] = mv;
-          ot[j] = scalar_t((av + bv + cv + a25) * mv + a3 * av + a1 * bv + a4 * cv);
+  Kernels(const Plan& plan, const torch::Tensor& y, const torch::Tensor& alphas)
+      : p_(plan), sB_(y.stride(0)), sT_(y.stride(1)), yp_(y.data_ptr<scalar_t>()) {
+    const auto al = alphas.accessor<scalar_t, 1>();
+    a1_ = al[0];
+    a3_ = al[2];
+    a4_ = al[3];
+    a25_ = acc_t(al[1]) + acc_t(al[4]);
+  }
+
+  // ---- Forward --------------------------------------------------------------------------------
+  // out, m_saved: (B, T, d) contiguous (m_saved may be null); state, last_m: (B, d) (state may be
+  // null: -inf).
+
+  void forward(const scalar_t* state, scalar_t* out, scalar_t* m_saved, scalar_t* last_m) const {
+    const Plan& p = p_;
+    const int64_t d = p.d;
+    if (!p.time_parallel) {
+      at::parallel_for(0, p.groups(), 1, [&](int64_t begin, int64_t end) {
+        std::array<acc_t, kTile> m;
+        for (int64_t g = begin; g < end; ++g) {
+          const int64_t b = p.b_of(g), j0 = p.j0_of(g), w = p.w_of(g);
+          for (int64_t j = 0; j < w; ++j) m[j] = initial_state(state, b, j0 + j);
+          forward_rows(b, j0, w, 0, p.T, m.data(), out, m_saved);
+          for (int64_t j = 0; j < w; ++j) last_m[b * d + j0 + j] = scalar_t(m[j]);
         }
-        if (mp) {
-          scalar_t* mt = mp + (b * T + t) * d + j0;
-          for (int64_t j = 0; j < w; ++j) mt[j] = scalar_t(m[j]);
-        }
-      }
-      for (int64_t j = 0; j < w; ++j) lp[b * d + j0 + j] = scalar_t(m[j]);
+      });
+      return;
     }
-  });
-}
-
-template <typename scalar_t>
-void backward_kernel(const torch::Tensor& grad_out, const torch::Tensor& y,
-                     const torch::Tensor& alphas, const torch::Tensor& m_saved,
-                     torch::Tensor& grad_y, torch::Tensor& grad_alphas) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  const int64_t sB = y.stride(0), sT = y.stride(1);
-  const scalar_t* yp = y.data_ptr<scalar_t>();
-  const scalar_t* gp = grad_out.data_ptr<scalar_t>();
-  const scalar_t* mp = m_saved.data_ptr<scalar_t>();
-  scalar_t* gyp = grad_y.data_ptr<scalar_t>();  // contiguous (B, T, 3d)
-  const auto al = alphas.accessor<scalar_t, 1>();
-  const acc_t a1 = al[0], a3 = al[2], a4 = al[3], a25 = acc_t(al[1]) + acc_t(al[4]);
-  const int64_t nblocks = (d + kBlock - 1) / kBlock;
-  // Per-task partial sums of the alpha gradients, reduced afterwards in task order so that the
-  // result does not depend on the thread count: [task][g*b, g*m, g*a, g*c].
-  std::vector<std::array<double, 4>> partial(B * nblocks);
-
-  at::parallel_for(0, B * nblocks, 1, [&](int64_t begin, int64_t end) {
-    // acc[j]: gradient of m gathered from positions > t whose maximum sits at or before t; it is
-    // released into dc at the position that holds the maximum (is_argmax), then reset.
-    std::array<acc_t, kBlock> acc;
-    // Per-channel partial sums of the alpha gradients: one accumulator per lane keeps the channel
-    // loop free of a loop-carried dependency (so it vectorises) and sums only T terms in acc_t
-    // before the lanes are added in double.
-    std::array<acc_t, kBlock> sb, sm, sa, sc;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nblocks, j0 = (task % nblocks) * kBlock;
-      const int64_t w = std::min(kBlock, d - j0);
-      acc.fill(acc_t(0));
-      sb.fill(acc_t(0));
-      sm.fill(acc_t(0));
-      sa.fill(acc_t(0));
-      sc.fill(acc_t(0));
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const scalar_t* ya = yp + b * sB + t * sT + j0;
-        const int64_t row = (b * T + t) * d + j0;
-        const scalar_t* gt = gp + row;
-        const scalar_t* mt = mp + row;
-        scalar_t* gya = gyp + (b * T + t) * 3 * d + j0;
+    // summ[(g K + k) W + j]: chunk k's maximum M_k, then (phase 2, in place) its carry C_k.
+    std::vector<acc_t> summ(p.groups() * p.K * p.W);
+    at::parallel_for(0, p.groups() * p.K, 1, [&](int64_t begin, int64_t end) {  // phase 1
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / p.K, k = task % p.K;
+        chunk_maxima(p.b_of(g), p.j0_of(g), p.w_of(g), p.t0_of(k), p.t1_of(k), &summ[task * p.W]);
+      }
+    });
+    at::parallel_for(0, p.groups(), 1, [&](int64_t begin, int64_t end) {  // phase 2
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t b = p.b_of(g), j0 = p.j0_of(g), w = p.w_of(g);
         for (int64_t j = 0; j < w; ++j) {
-          const acc_t av = ya[j], bv = ya[d + j], cv = ya[2 * d + j];
-          const acc_t g = gt[j], mv = mt[j];
-          gya[j] = scalar_t(g * (mv + a3));
-          gya[d + j] = scalar_t(g * (mv + a1));
-          acc_t dc = g * (mv + a4);
-          const acc_t total = acc[j] + g * (av + bv + cv + a25);
-          const bool here = is_argmax(cv, mv);
-          dc += here ? total : acc_t(0);
-          acc[j] = here ? acc_t(0) : total;
-          gya[2 * d + j] = scalar_t(dc);
-          sb[j] += g * bv;
-          sm[j] += g * mv;
-          sa[j] += g * av;
-          sc[j] += g * cv;
+          acc_t* col = &summ[g * p.K * p.W + j];
+          const acc_t last = scan::forward_carries(col, p.K, initial_state(state, b, j0 + j), col, p.W);
+          last_m[b * d + j0 + j] = scalar_t(last);
         }
       }
-      // Whatever is left in acc belongs to the carried-in state, which is not differentiated.
-      std::array<double, 4> lanes{0, 0, 0, 0};
+    });
+    at::parallel_for(0, p.groups() * p.K, 1, [&](int64_t begin, int64_t end) {  // phase 3
+      std::array<acc_t, kTile> m;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / p.K, k = task % p.K, w = p.w_of(g);
+        std::copy_n(&summ[task * p.W], w, m.data());
+        forward_rows(p.b_of(g), p.j0_of(g), w, p.t0_of(k), p.t1_of(k), m.data(), out, m_saved);
+      }
+    });
+  }
+
+  // ---- Backward -------------------------------------------------------------------------------
+  // grad_out, m_saved: (B, T, d) contiguous; grad_y: (B, T, 3d) contiguous. Writes dL/dalphas'
+  // four distinct sums into sums[0..4): g*b, g*m, g*a, g*c.
+
+  void backward(const scalar_t* grad_out, const scalar_t* m_saved, scalar_t* grad_y,
+                std::array<double, 4>& sums) const {
+    const Plan& p = p_;
+    Streams s{grad_out, m_saved, grad_y};
+    // Per-task partial sums of the alpha gradients, reduced below in task order.
+    std::vector<std::array<double, 4>> partial(p.groups() * p.K);
+    if (!p.time_parallel) {
+      at::parallel_for(0, p.groups(), 1, [&](int64_t begin, int64_t end) {
+        // R[j]: R_{k+1} entering chunk k; acc0, owned: the chunk's own G_k and whether any of its
+        // positions owns its maximum (not full_k), as phase 1 would find them.
+        std::array<acc_t, kTile> acc, R, acc0;
+        std::array<bool, kTile> owned;
+        for (int64_t g = begin; g < end; ++g) {
+          const int64_t b = p.b_of(g), j0 = p.j0_of(g), w = p.w_of(g);
+          std::fill_n(R.data(), w, acc_t(0));
+          for (int64_t k = p.K - 1; k >= 0; --k) {
+            std::copy_n(R.data(), w, acc.data());  // a full chunk releases nothing: same as 0
+            std::fill_n(acc0.data(), w, acc_t(0));
+            std::fill_n(owned.data(), w, false);
+            partial[g * p.K + k] = backward_rows</*kTrackG=*/true>(
+                s, b, j0, w, p.t0_of(k), p.t1_of(k), acc.data(), acc0.data(), owned.data());
+            for (int64_t j = 0; j < w; ++j) R[j] = scan::reverse_combine(acc0[j], !owned[j], R[j]);
+          }
+          // What is left in R is R_0, the state's gradient: the state is not differentiated.
+        }
+      });
+    } else {
+      // G[(g K + k) W + j]: G_k, then (phase 2, in place) R_k; full likewise.
+      std::vector<acc_t> G(p.groups() * p.K * p.W);
+      std::unique_ptr<bool[]> full(new bool[p.groups() * p.K * p.W]);
+      at::parallel_for(0, p.groups() * p.K, 1, [&](int64_t begin, int64_t end) {  // phase 1
+        std::array<bool, kTile> owned;
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t g = task / p.K, k = task % p.K, w = p.w_of(g);
+          acc_t* Gk = &G[task * p.W];
+          std::fill_n(Gk, w, acc_t(0));
+          std::fill_n(owned.data(), w, false);
+          carry_prefix_rows(s, p.b_of(g), p.j0_of(g), w, p.t0_of(k), p.t1_of(k), Gk, owned.data());
+          for (int64_t j = 0; j < w; ++j) full[task * p.W + j] = !owned[j];
+        }
+      });
+      at::parallel_for(0, p.groups(), 1, [&](int64_t begin, int64_t end) {  // phase 2
+        for (int64_t g = begin; g < end; ++g) {
+          for (int64_t j = 0, w = p.w_of(g); j < w; ++j) {
+            const int64_t col = g * p.K * p.W + j;
+            scan::backward_carries(&G[col], &full[col], p.K, &G[col], p.W);  // R_0 dropped, as above
+          }
+        }
+      });
+      at::parallel_for(0, p.groups() * p.K, 1, [&](int64_t begin, int64_t end) {  // phase 3
+        std::array<acc_t, kTile> acc;
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t g = task / p.K, k = task % p.K, w = p.w_of(g);
+          for (int64_t j = 0; j < w; ++j) {
+            const acc_t R_next = k + 1 < p.K ? G[(task + 1) * p.W + j] : acc_t(0);
+            acc[j] = scan::acc_start(full[task * p.W + j], R_next);
+          }
+          partial[task] = backward_rows</*kTrackG=*/false>(s, p.b_of(g), p.j0_of(g), w, p.t0_of(k),
+                                                           p.t1_of(k), acc.data(), nullptr, nullptr);
+        }
+      });
+    }
+    sums = {0, 0, 0, 0};
+    for (const auto& q : partial)
+      for (int i = 0; i < 4; ++i) sums[i] += q[i];
+  }
+
+ private:
+  struct Streams {
+    const scalar_t* g;  // dL/dout (B, T, d)
+    const scalar_t* m;  // the saved running max (B, T, d)
+    scalar_t* gy;       // dL/dy (B, T, 3d)
+  };
+
+  acc_t initial_state(const scalar_t* state, int64_t b, int64_t j) const {
+    return state ? acc_t(state[b * p_.d + j]) : scan::neg_inf<acc_t>();
+  }
+
+  // dL/dm at one position: m multiplies (a + b + c + alpha2 + alpha5). One expression, used by
+  // every pass that sums it, so that all of them round alike.
+  acc_t gm_of(acc_t g, acc_t av, acc_t bv, acc_t cv) const { return g * (av + bv + cv + a25_); }
+
+  // Rows [t0, t1) of batch row b, channels [j0, j0 + w), from the running maxima m[0..w).
+  void forward_rows(int64_t b, int64_t j0, int64_t w, int64_t t0, int64_t t1, acc_t* m,
+                    scalar_t* out, scalar_t* m_saved) const {
+    const int64_t d = p_.d;
+    for (int64_t t = t0; t < t1; ++t) {
+      const scalar_t* ya = yp_ + b * sB_ + t * sT_ + j0;  // a; b at +d; c at +2d
+      scalar_t* ot = out + (b * p_.T + t) * d + j0;
       for (int64_t j = 0; j < w; ++j) {
-        lanes[0] += sb[j];
-        lanes[1] += sm[j];
-        lanes[2] += sa[j];
-        lanes[3] += sc[j];
+        const acc_t av = ya[j], bv = ya[d + j], cv = ya[2 * d + j];
+        const acc_t mv = scan::take_max(m[j], cv);
+        m[j] = mv;
+        ot[j] = scalar_t((av + bv + cv + a25_) * mv + a3_ * av + a1_ * bv + a4_ * cv);
       }
-      partial[task] = lanes;
+      if (m_saved) {
+        scalar_t* mt = m_saved + (b * p_.T + t) * d + j0;
+        for (int64_t j = 0; j < w; ++j) mt[j] = scalar_t(m[j]);
+      }
     }
-  });
+  }
 
-  std::array<double, 4> tot{0, 0, 0, 0};
-  for (const auto& p : partial)
-    for (int k = 0; k < 4; ++k) tot[k] += p[k];
-  // d/dalpha1 = sum g*b, d/dalpha2 = d/dalpha5 = sum g*m, d/dalpha3 = sum g*a, d/dalpha4 = sum g*c.
-  auto ga = grad_alphas.accessor<scalar_t, 1>();
-  ga[0] = scalar_t(tot[0]);
-  ga[1] = scalar_t(tot[1]);
-  ga[2] = scalar_t(tot[2]);
-  ga[3] = scalar_t(tot[3]);
-  ga[4] = scalar_t(tot[1]);
-}
+  // Phase 1 of the forward: M[0..w) = each channel's maximum over rows [t0, t1).
+  void chunk_maxima(int64_t b, int64_t j0, int64_t w, int64_t t0, int64_t t1, acc_t* M) const {
+    std::fill_n(M, w, scan::neg_inf<acc_t>());
+    for (int64_t t = t0; t < t1; ++t) {
+      const scalar_t* yc = yp_ + b * sB_ + t * sT_ + 2 * p_.d + j0;
+      for (int64_t j = 0; j < w; ++j) M[j] = scan::take_max(M[j], acc_t(yc[j]));
+    }
+  }
+
+  // Phase 1 of the backward: the reverse pass without its writes. Leaves G_k in acc0 (which must
+  // start at 0) and sets owned[j] when some row owns its maximum (then the chunk is not full).
+  void carry_prefix_rows(const Streams& s, int64_t b, int64_t j0, int64_t w, int64_t t0, int64_t t1,
+                         acc_t* acc0, bool* owned) const {
+    const int64_t d = p_.d;
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const scalar_t* ya = yp_ + b * sB_ + t * sT_ + j0;
+      const int64_t row = (b * p_.T + t) * d + j0;
+      const scalar_t* gt = s.g + row;
+      const scalar_t* mt = s.m + row;
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t cv = ya[2 * d + j];
+        const bool here = scan::is_argmax(cv, acc_t(mt[j]));
+        scan::release_step(acc0[j], gm_of(gt[j], ya[j], ya[d + j], cv), here);
+        owned[j] = owned[j] || here;
+      }
+    }
+  }
+
+  // The reverse pass over rows [t1 - 1, t0] from acc[0..w): writes dL/dy there. With kTrackG it
+  // also runs phase 1's accumulator (acc0, owned) beside it. Returns the chunk's alpha sums.
+  template <bool kTrackG>
+  std::array<double, 4> backward_rows(const Streams& s, int64_t b, int64_t j0, int64_t w,
+                                      int64_t t0, int64_t t1, acc_t* acc, acc_t* acc0,
+                                      bool* owned) const {
+    const int64_t d = p_.d;
+    // Per-channel partial sums of the alpha gradients: one accumulator per lane keeps the channel
+    // loop free of a loop-carried dependency (so it vectorises) and sums only L terms in acc_t
+    // before the lanes are added in double.
+    std::array<acc_t, kTile> sb, sm, sa, sc;
+    std::fill_n(sb.data(), w, acc_t(0));
+    std::fill_n(sm.data(), w, acc_t(0));
+    std::fill_n(sa.data(), w, acc_t(0));
+    std::fill_n(sc.data(), w, acc_t(0));
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const scalar_t* ya = yp_ + b * sB_ + t * sT_ + j0;
+      const int64_t row = (b * p_.T + t) * d + j0;
+      const scalar_t* gt = s.g + row;
+      const scalar_t* mt = s.m + row;
+      scalar_t* gya = s.gy + (b * p_.T + t) * 3 * d + j0;
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t av = ya[j], bv = ya[d + j], cv = ya[2 * d + j];
+        const acc_t g = gt[j], mv = mt[j];
+        gya[j] = scalar_t(g * (mv + a3_));
+        gya[d + j] = scalar_t(g * (mv + a1_));
+        const acc_t gm = gm_of(g, av, bv, cv);
+        const bool here = scan::is_argmax(cv, mv);
+        gya[2 * d + j] = scalar_t(g * (mv + a4_) + scan::release_step(acc[j], gm, here));
+        if constexpr (kTrackG) {
+          scan::release_step(acc0[j], gm, here);
+          owned[j] = owned[j] || here;
+        }
+        sb[j] += g * bv;
+        sm[j] += g * mv;
+        sa[j] += g * av;
+        sc[j] += g * cv;
+      }
+    }
+    std::array<double, 4> lanes{0, 0, 0, 0};
+    for (int64_t j = 0; j < w; ++j) {
+      lanes[0] += sb[j];
+      lanes[1] += sm[j];
+      lanes[2] += sa[j];
+      lanes[3] += sc[j];
+    }
+    return lanes;
+  }
+
+  const Plan& p_;
+  int64_t sB_, sT_;  // y's strides; its last dim is contiguous
+  const scalar_t* yp_;
+  acc_t a1_, a3_, a4_, a25_;
+};
 
 }  // namespace
 
 void cummax_gate_forward_cpu(const torch::Tensor& y, const torch::Tensor& alphas,
                              const torch::Tensor& state, torch::Tensor& out,
                              torch::Tensor& m_saved, torch::Tensor& last_m) {
+  const Plan plan = make_plan(y.size(0), y.size(1), y.size(2) / 3);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_forward_cpu", [&] {
-    forward_kernel<scalar_t>(y, alphas, state, out, m_saved, last_m);
+    Kernels<scalar_t>(plan, y, alphas)
+        .forward(state.defined() ? state.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                 m_saved.defined() ? m_saved.data_ptr<scalar_t>() : nullptr,
+                 last_m.data_ptr<scalar_t>());
   });
 }
 
 void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor& y,
                               const torch::Tensor& alphas, const torch::Tensor& m_saved,
                               torch::Tensor& grad_y, torch::Tensor& grad_alphas) {
+  const Plan plan = make_plan(y.size(0), y.size(1), y.size(2) / 3);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_out, y, alphas, m_saved, grad_y, grad_alphas);
+    std::array<double, 4> tot;
+    Kernels<scalar_t>(plan, y, alphas)
+        .backward(grad_out.data_ptr<scalar_t>(), m_saved.data_ptr<scalar_t>(),
+                  grad_y.data_ptr<scalar_t>(), tot);
+    // d/dalpha1 = sum g*b, d/dalpha2 = d/dalpha5 = sum g*m, d/dalpha3 = sum g*a, d/dalpha4 = sum g*c.
+    auto ga = grad_alphas.accessor<scalar_t, 1>();
+    ga[0] = scalar_t(tot[0]);
+    ga[1] = scalar_t(tot[1]);
+    ga[2] = scalar_t(tot[2]);
+    ga[3] = scalar_t(tot[3]);
+    ga[4] = scalar_t(tot[1]);
   });
 }
 

@@ -140,3 +140,50 @@ TEST(ContextParallelGate, InferenceNeedsNoGraph) {
 
 }  // namespace
 }  // namespace samout::ops
+
+namespace samout::ops {
+namespace {
+
+// The slice scans against SCAN.md's rules written directly on tensors: C_0 = -inf,
+// C_j = take_max(C_{j-1}, M_{j-1}); R_j = G_j + (slice j wholly carried ? R_{j+1} : 0).
+void expect_slice_scans(torch::Device device, torch::ScalarType dtype) {
+  torch::manual_seed(7);
+  const int64_t N = 5, B = 3, d = 33;
+  // Few distinct values: ties across slices; some NaN; a slice entirely below its carry.
+  auto M = torch::randint(0, 4, {N, B, d}).to(dtype);
+  M.index_put_({2, 0}, std::numeric_limits<double>::quiet_NaN());
+  M.index_put_({4, 1}, -1.0);
+  auto G = torch::randn({N, B, d}, dtype);
+  auto take_max = [](const torch::Tensor& r, const torch::Tensor& v) {
+    return torch::where(v.ge(r).logical_or(v.isnan()), v, r);
+  };
+  std::vector<torch::Tensor> C_ref{torch::full({B, d}, -INFINITY, dtype)};
+  for (int64_t j = 1; j < N; ++j) C_ref.push_back(take_max(C_ref.back(), M[j - 1]));
+  auto C_want = torch::stack(C_ref);
+  std::vector<torch::Tensor> R_ref(N);
+  auto R_next = torch::zeros({B, d}, dtype);
+  for (int64_t j = N - 1; j >= 0; --j) {
+    auto full = M[j].ge(C_want[j]).logical_or(M[j].isnan()).logical_not();
+    R_next = G[j] + torch::where(full, R_next, torch::zeros_like(R_next));
+    R_ref[j] = R_next;
+  }
+  auto C = slice_carries(M.to(device)).cpu();
+  auto R = slice_gradient_sums(G.to(device), M.to(device), C_want.to(device)).cpu();
+  EXPECT_TRUE(torch::equal(C.isnan(), C_want.isnan()));
+  EXPECT_TRUE(torch::equal(C.nan_to_num(1e9), C_want.nan_to_num(1e9)));
+  EXPECT_TRUE(torch::equal(R, torch::stack(R_ref)));  // same order of additions: bitwise
+}
+
+TEST(SliceScans, MatchTheRulesOnTheCpu) {
+  expect_slice_scans(torch::kCPU, torch::kFloat);
+  expect_slice_scans(torch::kCPU, torch::kDouble);
+}
+
+TEST(SliceScans, MatchTheRulesOnTheGpu) {
+  if (!torch::cuda::is_available() || !cuda_kernels_compiled()) GTEST_SKIP() << "no CUDA device";
+  expect_slice_scans(torch::kCUDA, torch::kFloat);
+  expect_slice_scans(torch::kCUDA, torch::kDouble);
+}
+
+}  // namespace
+}  // namespace samout::ops

@@ -345,15 +345,16 @@ TEST_F(CummaxGateCuda, KernelsNeverSyncWithTheHost) {
   const Inputs in = make_inputs(c, torch::kFloat, /*seed=*/5);
   auto dev = [](const torch::Tensor& t) { return t.to(torch::kCUDA); };
   auto y = dev(in.base), alphas = dev(in.alphas), state = dev(in.state), g = dev(in.grad_out);
-  auto out = torch::empty({c.B, c.T, c.d}, y.options()), m = torch::empty_like(out);
+  auto out = torch::empty({c.B, c.T, c.d}, y.options());
   auto last_m = torch::empty({c.B, c.d}, y.options());
   auto grad_y = torch::empty_like(y), grad_alphas = torch::empty({5}, y.options());
   torch::Tensor infer_out;
   {
     SyncDebugError no_syncs;
     EXPECT_NO_THROW({
-      cummax_gate_forward_cuda(y, alphas, state, out, m, last_m);
-      cummax_gate_backward_cuda(g, y, alphas, m, grad_y, grad_alphas);
+      auto chunk_carry = cummax_gate_forward_cuda(y, alphas, state, out, last_m,
+                                                  /*save_for_backward=*/true);
+      cummax_gate_backward_cuda(g, y, alphas, chunk_carry, grad_y, grad_alphas);
       torch::NoGradGuard no_grad;
       infer_out = cummax_gate(y, alphas, state, GateImpl::kFused).out;
     });

@@ -34,4 +34,18 @@ struct ContextGroup {
 GateResult cummax_gate_context_parallel(const torch::Tensor& y, const torch::Tensor& alphas,
                                         const ContextGroup& group);
 
+// The scan's phase 2 over the group's slices (cummax_scan.h's forward_carries and backward_carries,
+// one column per (b, j) of an (N, B, d) tensor): the same code the kernels run over time chunks.
+// float or double, contiguous, on the CPU or a GPU; results alike.
+//   slice_carries:        C_j, the running maximum entering slice j, from the slices' maxima M.
+//   slice_gradient_sums:  R_j, what reaches the owner of slice j's carry from slices j.., from the
+//                         carry-owned gradient sums G and the forward's M and C.
+torch::Tensor slice_carries(const torch::Tensor& maxima);
+torch::Tensor slice_gradient_sums(const torch::Tensor& G, const torch::Tensor& maxima,
+                                  const torch::Tensor& carries);
+// Their CUDA kernels (cummax_gate.cu); same contract.
+void slice_carries_cuda(const torch::Tensor& maxima, torch::Tensor& carries);
+void slice_gradient_sums_cuda(const torch::Tensor& G, const torch::Tensor& maxima,
+                              const torch::Tensor& carries, torch::Tensor& R);
+
 }  // namespace samout::ops

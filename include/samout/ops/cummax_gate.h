@@ -43,7 +43,8 @@ GateResult cummax_gate(const torch::Tensor& y, const torch::Tensor& alphas,
 GateResult cummax_gate_composite(const torch::Tensor& y, const torch::Tensor& alphas,
                                  const torch::Tensor& state = {});
 
-// ---- Kernels (no autograd). Shapes as above; m_saved is (B, T, d), the running max. -------------
+// ---- Kernels (no autograd). Shapes as above. -----------------------------------------------------
+// CPU: the forward saves for the backward m_saved (B, T, d), the running max.
 // Forward: writes out and m_saved (m_saved may be undefined when no backward will follow).
 void cummax_gate_forward_cpu(const torch::Tensor& y, const torch::Tensor& alphas,
                              const torch::Tensor& state, torch::Tensor& out,
@@ -53,12 +54,17 @@ void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor
                               const torch::Tensor& alphas, const torch::Tensor& m_saved,
                               torch::Tensor& grad_y, torch::Tensor& grad_alphas);
 
+// CUDA: a chunked scan over time (cummax_gate.cu). The forward saves for the backward only the
+// running max entering each of the K time chunks it chose, chunk_carry (B, K, d); the backward
+// recomputes m from c, which it reads anyway, and takes K (hence the chunk length) from it.
 bool cuda_kernels_compiled();
-void cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
-                              const torch::Tensor& state, torch::Tensor& out,
-                              torch::Tensor& m_saved, torch::Tensor& last_m);
+// Forward: writes out (B, T, d) and last_m (B, d); returns chunk_carry when save_for_backward (an
+// undefined tensor otherwise). grad_out for the backward is a contiguous (B, T, d).
+torch::Tensor cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
+                                       const torch::Tensor& state, torch::Tensor& out,
+                                       torch::Tensor& last_m, bool save_for_backward);
 void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tensor& y,
-                               const torch::Tensor& alphas, const torch::Tensor& m_saved,
+                               const torch::Tensor& alphas, const torch::Tensor& chunk_carry,
                                torch::Tensor& grad_y, torch::Tensor& grad_alphas);
 
 }  // namespace samout::ops
