@@ -12,6 +12,7 @@
 
 #include "samout/data/corpus_file.h"
 #include "samout/data/loader.h"
+#include "samout/data/tokenizer.h"
 #include "samout/data/permutation.h"
 
 DEFINE_string(file, "/tmp/samout_bench_100M.h5", "Benchmark corpus (created if absent)");
@@ -27,10 +28,14 @@ using samout::data::Loader;
 using samout::data::LoaderConfig;
 
 void make_corpus(const std::string& path, int64_t n) {
-  samout::data::CorpusMeta meta;
+  // A real (tiny) tokenizer: the reader refuses a corpus whose tokenizer SentencePiece cannot load.
+  std::vector<std::string> lines;
+  for (int i = 0; i < 200; ++i) lines.push_back("bench corpus line " + std::to_string(i * 7919 % 1000));
+  samout::data::TokenizerTrainConfig tc;
+  tc.vocab_size = 300;
+  samout::data::CorpusMeta meta =
+      samout::data::Tokenizer(samout::data::train_tokenizer(lines, tc), "bench").meta();
   meta.vocab_size = 32000;
-  meta.tokenizer_kind = "bench";
-  meta.tokenizer_model = "bench";
   samout::data::ShardWriter w(path + ".tmp", meta, samout::data::WriteOptions{});
   std::vector<uint32_t> ids(1 << 20);
   w.begin_doc();

@@ -12,13 +12,17 @@
 #include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
+#include "samout/data/h5.h"
+#include "samout/common/file_checks.h"
+#include "samout/common/flags_check.h"
 
 DEFINE_string(checkpoint, "", "a checkpoint folder (step_NNNNNNNN) or a --ckpt_dir (its newest valid one)");
 DEFINE_string(output, "", "output file: torch.load format, or HDF5 when it ends in .h5");
 
 int main(int argc, char** argv) {
+  samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
   gflags::SetUsageMessage("export a checkpoint's weights for PyTorch");
-  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  samout::parse_flags_or_exit("samout_export", &argc, &argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   return samout::run_program("samout_export", [] {
@@ -27,6 +31,7 @@ int main(int argc, char** argv) {
     require(!FLAGS_checkpoint.empty(), "--checkpoint is required");
     require(!FLAGS_output.empty(), "--output is required");
     require(fs::is_directory(FLAGS_checkpoint), "--checkpoint=" + FLAGS_checkpoint + ": no such folder");
+    samout::check_output_file("output", FLAGS_output, 0);  // a directory, a missing folder: now
     std::string dir = FLAGS_checkpoint;
     if (!fs::exists(dir + "/manifest.json")) {  // a ckpt_dir: take its newest valid checkpoint
       std::vector<std::string> skipped;
@@ -40,10 +45,18 @@ int main(int argc, char** argv) {
     torch::OrderedDict<std::string, torch::Tensor> named;
     for (const auto& [k, v] : weights) named.insert(k, v);
     const std::string& out = FLAGS_output;
-    if (out.size() > 3 && out.compare(out.size() - 3, 3, ".h5") == 0) {
-      samout::ckpt::write_weights(out, named);
-    } else {
-      samout::ckpt::write_torch_weights(out, named);
+    int64_t bytes = 1 << 20;  // the container's own overhead, generously
+    for (const auto& [k, v] : weights) bytes += v.numel() * 4;
+    samout::check_output_file("output", out, bytes);  // the space, now that the size is known
+    try {
+      if (out.size() > 3 && out.compare(out.size() - 3, 3, ".h5") == 0) {
+        samout::ckpt::write_weights(out, named);
+      } else {
+        samout::ckpt::write_torch_weights(out, named);
+      }
+    } catch (...) {
+      samout::remove_partial_output(out);  // a full disk leaves no half-written file behind
+      throw;
     }
     std::cout << "exported " << named.size() << " tensors of " << dir << " to " << out << "\n";
     return samout::kExitOk;

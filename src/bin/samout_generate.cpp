@@ -21,6 +21,9 @@
 #include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
+#include "samout/data/h5.h"
+#include "samout/common/flags_check.h"
+#include "samout/data/documents.h"
 #include "samout/data/tokenizer.h"
 #include "samout/model/generate.h"
 #include "samout/model/samout.h"
@@ -118,6 +121,11 @@ std::vector<std::string> read_prompts() {
             "--prompt is empty: give the text to continue (or --prompts_file)");
     prompts.push_back(FLAGS_prompt);
   }
+  for (auto& prompt : prompts) {
+    if (const int64_t n = samout::data::sanitize_utf8(&prompt))
+      std::fprintf(stderr, "samout_generate: warning: prompt: %ld bytes of invalid UTF-8 replaced by U+FFFD\n",
+                   static_cast<long>(n));
+  }
   return prompts;
 }
 
@@ -130,6 +138,8 @@ int run() {
           "give --prompt or --prompts_file, not both");
   require(FLAGS_max_tokens > 0,
           "--max_tokens must be > 0, got " + std::to_string(FLAGS_max_tokens));
+  require(FLAGS_threads >= 0 && FLAGS_threads <= 1024,
+          "--threads must be in [0, 1024], got " + std::to_string(FLAGS_threads));
   require(FLAGS_device == "cpu" || FLAGS_device == "cuda",
           "--device must be cpu or cuda, got '" + FLAGS_device + "'");
   samout::model::SamplingConfig sc;
@@ -253,8 +263,9 @@ int run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
   gflags::SetUsageMessage("generate text from a SamOut checkpoint");
-  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  samout::parse_flags_or_exit("samout_generate", &argc, &argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   return samout::run_program("samout_generate", run);

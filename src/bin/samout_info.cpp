@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "samout/common/error.h"
+#include "samout/common/flags_check.h"
 #include "samout/model/samout.h"
 
 DEFINE_int64(vocab_size, 8460, "vocabulary size V");
@@ -15,7 +16,7 @@ DEFINE_bool(names, false, "also list every parameter with its shape");
 
 int main(int argc, char** argv) {
   gflags::SetUsageMessage("print a SamOut configuration's parameter count");
-  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  samout::parse_flags_or_exit("samout_info", &argc, &argv);
   return samout::run_program("samout_info", [] {
     samout::model::ModelConfig cfg;
     cfg.vocab_size = FLAGS_vocab_size;

@@ -6,7 +6,9 @@
 #include <cstdio>
 
 #include "samout/common/error.h"
+#include "samout/common/flags_check.h"
 #include "samout/data/files.h"
+#include "samout/data/h5.h"
 #include "samout/data/prep.h"
 
 DEFINE_string(input, "", "Comma-separated input files or globs (more may follow as arguments)");
@@ -58,8 +60,9 @@ samout::data::PrepConfig config_from_flags(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
   gflags::SetUsageMessage("samout_prep --input=FILES --output=DIR [--vocab_size=N]");
-  gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
+  samout::parse_flags_or_exit("samout_prep", &argc, &argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   return samout::run_program("samout_prep", [&] {

@@ -17,6 +17,7 @@
 #include "samout/ckpt/durable_file.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
+#include "samout/data/h5.h"
 
 namespace samout::ckpt {
 
@@ -137,6 +138,7 @@ void CheckpointWriter::save(Snapshot s, bool async) {
     return;
   }
   thread_ = std::thread([this, snap = std::move(s)] {
+    data::quiet_hdf5_errors();  // HDF5's error printing is per thread
     try {
       write(snap);
     } catch (const std::exception& e) {

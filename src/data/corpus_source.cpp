@@ -1,10 +1,12 @@
 // Windows of an HDF5 token corpus (see window_source.h).
 #include <glog/logging.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 
 #include "samout/common/error.h"
 #include "samout/data/files.h"
+#include "samout/data/tokenizer.h"
 #include "samout/data/window_source.h"
 
 namespace samout::data {
@@ -15,6 +17,10 @@ class CorpusSource final : public WindowSource {
   CorpusSource(const std::string& glob, int64_t seq_len, int64_t vocab_size,
                int64_t verify_tokens_max)
       : seq_len_(seq_len) {
+    struct stat st {};
+    require(::stat(glob.c_str(), &st) != 0 || !S_ISDIR(st.st_mode),
+            glob + ": is a directory, not a file (give a glob of its shards, such as " + glob +
+                (glob.back() == '/' ? "" : "/") + "train-*.h5)");
     int64_t total_tokens = 0;
     for (const auto& path : expand_glob(glob)) {
       shards_.push_back(std::make_unique<ShardReader>(path));
@@ -31,6 +37,7 @@ class CorpusSource final : public WindowSource {
       total_tokens += s.num_tokens();
     }
     meta_ = shards_.front()->meta();
+    check_tokenizer(shards_.front()->path());
     require(vocab_size == 0 || vocab_size == meta_.vocab_size,
             shards_.front()->path() + ": corpus vocab_size " + std::to_string(meta_.vocab_size) +
                 " differs from the requested " + std::to_string(vocab_size));
@@ -53,6 +60,26 @@ class CorpusSource final : public WindowSource {
   }
 
  private:
+  // Every shard carries the same tokenizer bytes (checked above), so loading the first shard's
+  // checks them all: SentencePiece must load it, its pieces must fit the vocabulary, and its
+  // special ids must be the ones the file declares.
+  void check_tokenizer(const std::string& path) const {
+    const Tokenizer tok(meta_.tokenizer_model, path + ": embedded tokenizer");
+    const CorpusMeta& t = tok.meta();
+    require(t.vocab_size <= meta_.vocab_size,
+            path + ": embedded tokenizer has " + std::to_string(t.vocab_size) +
+                " pieces, more than vocab_size " + std::to_string(meta_.vocab_size));
+    auto same = [&](const char* name, int64_t file, int64_t model) {
+      require(file == model, path + ": " + name + " " + std::to_string(file) +
+                                 " disagrees with the embedded tokenizer's " +
+                                 std::to_string(model));
+    };
+    same("pad_id", meta_.pad_id, t.pad_id);
+    same("bos_id", meta_.bos_id, t.bos_id);
+    same("eos_id", meta_.eos_id, t.eos_id);
+    same("unk_id", meta_.unk_id, t.unk_id);
+  }
+
   int64_t seq_len_;
   std::vector<std::unique_ptr<ShardReader>> shards_;
   std::vector<int64_t> first_window_;  // global index of each shard's window 0 (ascending)

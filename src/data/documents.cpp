@@ -31,6 +31,54 @@ std::string strip_ansi(std::string_view s) {
 }
 
 namespace {
+// Length of the well-formed UTF-8 sequence at s[i] (Unicode 15, table 3-7), 0 when there is none.
+size_t utf8_length(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) return 1;
+  const size_t left = s.size() - i;
+  auto cont = [&](size_t k, unsigned char lo = 0x80, unsigned char hi = 0xBF) {
+    return k < left && b(k) >= lo && b(k) <= hi;
+  };
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    const unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    return cont(1, lo, hi) && cont(2) ? 3 : 0;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    const unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    return cont(1, lo, hi) && cont(2) && cont(3) ? 4 : 0;
+  }
+  return 0;
+}
+}  // namespace
+
+int64_t sanitize_utf8(std::string* s) {
+  size_t i = 0;
+  while (i < s->size()) {  // fast path: valid text is not copied
+    const size_t n = utf8_length(*s, i);
+    if (n == 0) break;
+    i += n;
+  }
+  if (i == s->size()) return 0;
+  int64_t replaced = 0;
+  std::string out(*s, 0, i);
+  while (i < s->size()) {
+    const size_t n = utf8_length(*s, i);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      ++replaced;
+      ++i;
+    } else {
+      out.append(*s, i, n);
+      i += n;
+    }
+  }
+  *s = std::move(out);
+  return replaced;
+}
+
+namespace {
 bool ends_with(const std::string& s, const char* suffix) {
   const std::string_view t(suffix);
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
@@ -55,16 +103,17 @@ struct FileCloser {
 };
 }  // namespace
 
-void for_each_document(const std::string& path, const TextOptions& opt,
-                       const std::function<void(std::string&&, int64_t)>& fn) {
+int64_t for_each_document(const std::string& path, const TextOptions& opt,
+                          const std::function<void(std::string&&, int64_t)>& fn) {
   std::unique_ptr<FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
   require(f != nullptr, path + ": cannot open file");
   const bool jsonl = opt.format == TextOptions::Format::kJsonl ||
                      (opt.format == TextOptions::Format::kAuto &&
                       (ends_with(path, ".jsonl") || ends_with(path, ".json")));
-  int64_t docs = 0, bytes = 0, line_no = 0;
+  int64_t docs = 0, bytes = 0, line_no = 0, replaced = 0;
   auto emit = [&](std::string text) {
     if (opt.strip_ansi) text = strip_ansi(text);
+    replaced += sanitize_utf8(&text);  // after stripping, which works on bytes
     text = trim_doc(std::move(text));
     if (text.empty()) return;
     ++docs;
@@ -103,6 +152,7 @@ void for_each_document(const std::string& path, const TextOptions& opt,
   require(!std::ferror(f.get()), path + ": read error");
   if (!jsonl) emit(std::move(doc));
   require(docs > 0, path + ": no documents (empty text input)");
+  return replaced;
 }
 
 }  // namespace samout::data

@@ -23,7 +23,14 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
   }
   globfree(&g);
   const bool is_glob = pattern.find_first_of("*?[") != std::string::npos;
-  require(!out.empty(), pattern + (is_glob ? ": glob matches no file" : ": no such file"));
+  if (out.empty()) {
+    struct stat st {};
+    require(is_glob || ::stat(pattern.c_str(), &st) != 0 || !S_ISDIR(st.st_mode),
+            pattern + ": is a directory, not a file (give a glob of its files, such as " + pattern +
+                (pattern.back() == '/' ? "" : "/") + "*)");
+    require(is_glob || ::stat(pattern.c_str(), &st) != 0, pattern + ": not a regular file");
+    require(false, pattern + (is_glob ? ": glob matches no file" : ": no such file"));
+  }
   std::sort(out.begin(), out.end());
   return out;
 }

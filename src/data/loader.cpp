@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "samout/common/error.h"
+#include "samout/data/h5.h"
 #include "samout/data/permutation.h"
 #include "samout/data/window_source.h"
 
@@ -89,7 +90,10 @@ struct Loader::Impl {
     stop = false;
     ready.clear();
     produce_at = cursor;
-    producer = std::thread([this] { produce(); });
+    producer = std::thread([this] {
+      quiet_hdf5_errors();  // HDF5's error printing is per thread; errors travel in the slot
+      produce();
+    });
   }
 
   void halt() {
@@ -184,5 +188,22 @@ int64_t Loader::eos_id() const { return impl_->source->meta().eos_id; }
 int64_t Loader::windows_per_epoch() const { return impl_->source->num_windows(); }
 int64_t Loader::steps_per_epoch() const { return impl_->steps; }
 const std::string& Loader::tokenizer_model() const { return impl_->source->meta().tokenizer_model; }
+const std::string& Loader::spec() const { return impl_->cfg.spec; }
+
+void require_same_tokenizer(const Loader& train, const Loader& val) {
+  const std::string both = val.spec() + " and " + train.spec();
+  require(val.vocab_size() == train.vocab_size(),
+          both + " have different vocabularies (" + std::to_string(val.vocab_size()) + " and " +
+              std::to_string(train.vocab_size()) +
+              " tokens): prepare both with the same tokenizer");
+  require(val.tokenizer_model() == train.tokenizer_model(),
+          both +
+              " were made with different tokenizers: token ids would mean different text; "
+              "prepare the validation corpus with samout_prep --tokenizer=<the training "
+              "corpus's tokenizer.model>");
+  require(val.pad_id() == train.pad_id() && val.bos_id() == train.bos_id() &&
+              val.eos_id() == train.eos_id(),
+          both + " have different special ids (pad, bos, eos)");
+}
 
 }  // namespace samout::data

@@ -1,10 +1,10 @@
 // Size-bounded sequence of corpus files (see shard_set.h).
 #include "samout/data/shard_set.h"
 
-#include <glog/logging.h>
-
 #include <algorithm>
 #include <cstdio>
+
+#include "samout/common/error.h"
 
 namespace samout::data {
 
@@ -15,7 +15,7 @@ ShardSet::ShardSet(std::string dir, std::string prefix, CorpusMeta meta, WriteOp
       meta_(std::move(meta)),
       opt_(opt),
       shard_tokens_(shard_tokens) {
-  CHECK_GT(shard_tokens, 0);
+  require(shard_tokens_ > 0, "shard_tokens must be positive, got " + std::to_string(shard_tokens_));
 }
 
 void ShardSet::add_doc(const std::vector<uint32_t>& ids) {

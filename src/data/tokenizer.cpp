@@ -1,11 +1,11 @@
 // SentencePiece training and encoding (see tokenizer.h).
 #include "samout/data/tokenizer.h"
 
-#include <glog/logging.h>
 #include <sentencepiece_trainer.h>
 
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <unordered_map>
 
 #include "samout/common/error.h"
@@ -81,13 +81,13 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
 
 void Tokenizer::encode(std::string_view text, std::vector<int>* ids) const {
   const auto status = sp_.Encode(absl::string_view(text.data(), text.size()), ids);
-  CHECK(status.ok()) << status.message();
+  if (!status.ok()) throw std::runtime_error(std::string("tokenizer: ") + status.message());
 }
 
 std::string Tokenizer::decode(const std::vector<int>& ids) const {
   std::string out;
-  const auto status = sp_.Decode(ids, &out);
-  CHECK(status.ok()) << status.message();
+  const auto status = sp_.Decode(ids, &out);  // fails on an id outside the model
+  if (!status.ok()) throw UsageError(std::string("tokenizer: ") + status.message());
   return out;
 }
 

@@ -2,10 +2,16 @@
 #include "samout/train/flags.h"
 
 #include <gflags/gflags.h>
+#include <mpi.h>
 
 #include <cmath>
+#include <cstdio>
+#include <set>
+#include <sstream>
+#include <vector>
 
 #include "samout/common/error.h"
+#include "samout/dist/checks.h"
 
 // ---- model
 DEFINE_int64(vocab_size, 0, "vocabulary size; 0 = the corpus's (required for random: data)");
@@ -73,6 +79,25 @@ DEFINE_string(comm, "auto",
 
 namespace samout::train {
 
+namespace {
+
+// A double as a user would write it: 0.001, 2, nan, inf.
+std::string format_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+constexpr int64_t kMaxThreads = 1024;
+constexpr double kMaxCommTimeoutS = 86400;  // a day
+
+// Flags that may differ between ranks: they do not change what any rank computes or when it
+// communicates (rank 0 alone writes the metrics and the final weights).
+const std::set<std::string> kRankLocalFlags = {"threads",      "prefetch",     "cpu_cache_mb",
+                                               "metrics_file", "save_weights", "peak_tflops"};
+
+}  // namespace
+
 TrainConfig config_from_flags() {
   TrainConfig c;
   c.model.vocab_size = FLAGS_vocab_size;
@@ -138,6 +163,19 @@ TrainConfig config_from_flags() {
   auto positive = [](int64_t v, const char* name) {
     require(v > 0, std::string("--") + name + " must be positive, got " + std::to_string(v));
   };
+  // An integer flag within [lo, hi]; named with its range.
+  auto within = [](int64_t v, const char* name, int64_t lo, int64_t hi) {
+    const std::string range = hi == INT64_MAX ? ">= " + std::to_string(lo)
+                                              : "in [" + std::to_string(lo) + ", " +
+                                                    std::to_string(hi) + "]";
+    require(v >= lo && v <= hi,
+            std::string("--") + name + " must be " + range + ", got " + std::to_string(v));
+  };
+  // A real flag: finite (no nan or inf) and within the range `ok` describes as `range`.
+  auto real = [](double v, const char* name, bool ok, const std::string& range) {
+    require(std::isfinite(v) && ok, std::string("--") + name + " must be " + range + ", got " +
+                                        format_number(v));
+  };
   require(c.model.vocab_size >= 0, "--vocab_size must be >= 0, got " + std::to_string(c.model.vocab_size));
   positive(c.model.hidden, "hidden");
   positive(c.model.layers, "layers");
@@ -149,7 +187,26 @@ TrainConfig config_from_flags() {
   positive(c.batch_size, "batch_size");
   require(c.micro_batch >= 0, "--micro_batch must be >= 0, got " + std::to_string(c.micro_batch));
   require(c.steps >= 0 && c.tokens >= 0, "--steps and --tokens must be >= 0");
-  require(c.lr > 0, "--lr must be positive, got " + std::to_string(c.lr));
+  real(c.lr, "lr", c.lr > 0, "a finite number > 0");
+  real(c.min_lr, "min_lr", c.min_lr >= 0 && c.min_lr <= c.lr,
+       "in [0, --lr=" + format_number(c.lr) + "]");
+  real(c.beta1, "beta1", c.beta1 >= 0 && c.beta1 < 1, "in [0, 1)");
+  real(c.beta2, "beta2", c.beta2 >= 0 && c.beta2 < 1, "in [0, 1)");
+  real(c.eps, "eps", c.eps >= 0, "a finite number >= 0");
+  real(c.weight_decay, "weight_decay", c.weight_decay >= 0, "a finite number >= 0");
+  real(c.grad_clip, "grad_clip", c.grad_clip >= 0, "a finite number >= 0 (0 = off)");
+  within(c.warmup_steps, "warmup_steps", 0, INT64_MAX);
+  within(c.eval_every, "eval_every", 0, INT64_MAX);
+  if (c.val_data.empty()) {
+    within(c.eval_batches, "eval_batches", 0, INT64_MAX);
+  } else {
+    require(c.eval_batches >= 1, "--eval_batches must be >= 1 with --val_data, got " +
+                                     std::to_string(c.eval_batches));
+  }
+  // Far more threads than any node has cores only oversubscribes it (100000 hangs creating them).
+  within(c.threads, "threads", 0, kMaxThreads);
+  within(c.prefetch, "prefetch", 0, 1024);
+  within(c.debug_kill_in_save, "debug_kill_in_save", -1, INT64_MAX);
   require(c.lr_schedule == "constant" || c.lr_schedule == "cosine",
           "--lr_schedule must be constant or cosine, got '" + c.lr_schedule + "'");
   require(c.optimizer == "adam" || c.optimizer == "adamw",
@@ -157,6 +214,7 @@ TrainConfig config_from_flags() {
   require(c.precision == "fp32" || c.precision == "bf16",
           "--precision must be fp32 or bf16, got '" + c.precision + "'");
   require(c.cpu_cache_mb >= 0, "--cpu_cache_mb must be >= 0, got " + std::to_string(c.cpu_cache_mb));
+  within(c.cpu_cache_mb, "cpu_cache_mb", 0, int64_t{1} << 30);  // MB: at most 1 PB, no overflow
   positive(c.log_every, "log_every");
   require(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1, got " + std::to_string(c.zero));
   require(c.ckpt_every >= 0, "--ckpt_every must be >= 0, got " + std::to_string(c.ckpt_every));
@@ -164,19 +222,73 @@ TrainConfig config_from_flags() {
   positive(c.max_bad_steps, "max_bad_steps");
   require(!c.resume.empty(), "--resume must be auto, never or the path of a checkpoint");
   positive(c.bucket_mb, "bucket_mb");
+  within(c.bucket_mb, "bucket_mb", 1, int64_t{1} << 30);
   positive(c.context_parallel, "context_parallel");
-  // The deadline is what keeps a job with a dead peer from hanging: it cannot be switched off.
-  require(std::isfinite(c.comm_timeout_s) && c.comm_timeout_s > 0,
-          "--comm_timeout_s must be a positive number of seconds, got " +
-              std::to_string(c.comm_timeout_s));
+  // The deadline is what keeps a job with a dead peer from hanging: it cannot be switched off, by
+  // nan, 0, a negative value or one so large that it overflows the watchdog's clock.
+  require(std::isfinite(c.comm_timeout_s) && c.comm_timeout_s > 0 &&
+              c.comm_timeout_s <= kMaxCommTimeoutS,
+          "--comm_timeout_s must be a positive number of seconds, at most " +
+              format_number(kMaxCommTimeoutS) + ", got " + format_number(c.comm_timeout_s));
   require(c.peak_tflops >= 0 && std::isfinite(c.peak_tflops),
           "--peak_tflops must be >= 0, got " + std::to_string(c.peak_tflops));
-  require(c.prefetch >= 0, "--prefetch must be >= 0");
   if (c.tokens > 0) {
     const int64_t per_step = c.batch_size * c.seq_len;
     c.steps = (c.tokens + per_step - 1) / per_step;
   }
   return c;
+}
+
+
+// ---- ranks that must agree
+
+std::string run_flags() {
+  std::vector<gflags::CommandLineFlagInfo> all;
+  gflags::GetAllFlags(&all);  // sorted by file, then name: the same order on every rank
+  std::string out;
+  for (const auto& f : all)
+    if (f.filename == __FILE__ && !kRankLocalFlags.count(f.name))
+      out += "--" + f.name + "=" + f.current_value + "\n";
+  return out;
+}
+
+namespace {
+
+std::vector<std::string> split_lines(const std::string& s) {
+  std::vector<std::string> lines;
+  std::istringstream in(s);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+}  // namespace
+
+std::string compare_with_root() {
+  std::string mine = run_flags(), root = mine;
+  int64_t n = static_cast<int64_t>(root.size());
+  SAMOUT_MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+  root.resize(static_cast<size_t>(n));
+  SAMOUT_MPI_CHECK(MPI_Bcast(root.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD));
+  if (root == mine) return "";
+  const auto a = split_lines(mine), b = split_lines(root);
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    const std::string x = i < a.size() ? a[i] : "(none)", y = i < b.size() ? b[i] : "(none)";
+    if (x != y)
+      return x + " differs from rank 0's " + y + "; every rank must be given the same flags";
+  }
+  return "";
+}
+
+bool agree_no_error(const dist::DistContext& ctx, const std::string& error, const char* program) {
+  const int mine = error.empty() ? ctx.world : ctx.rank;
+  int first = mine;
+  SAMOUT_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  if (first == ctx.world) return true;
+  if (first == ctx.rank) {
+    const std::string who = ctx.is_root() ? "" : "rank " + std::to_string(ctx.rank) + ": ";
+    std::fprintf(stderr, "%s: error: %s%s\n", program, who.c_str(), error.c_str());
+  }
+  return false;
 }
 
 }  // namespace samout::train

@@ -19,6 +19,7 @@
 #include "samout/ckpt/dir_lock.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
+#include "samout/common/file_checks.h"
 #include "samout/data/loader.h"
 #include "samout/dist/checks.h"
 #include "samout/dist/communicator.h"
@@ -166,18 +167,25 @@ class Trainer {
       lc.prefetch = 0;
       lc.vocab_size = cfg_.model.vocab_size;
       val_loader_ = data::Loader::open(lc);
+      data::require_same_tokenizer(*loader_, *val_loader_);
       eval_batches_ = std::min<int64_t>(cfg_.eval_batches, val_loader_->steps_per_epoch());
     }
     cfg_.model.validate();
 
     torch::manual_seed(cfg_.seed);
     model_ = model::SamOut(cfg_.model);
-    if (!cfg_.init_from.empty())
+    if (!cfg_.init_from.empty()) {
+      // By type and size before reading: a directory or /dev/zero is not read until memory runs out.
+      check_input_file("init_from", cfg_.init_from, 8 * cfg_.model.num_parameters() + (64 << 20));
       ckpt::load_into(*model_, ckpt::read_weights(cfg_.init_from), cfg_.init_from);
+    }
     model_->to(ctx_.device);
     model_->set_check_tokens(false);  // the loader has checked every id against the vocabulary
     if (ctx_.is_root() && !cfg_.save_weights.empty()) {
-      // Fail now, not after hours of training, when the output cannot be written.
+      // Fail now, not after hours of training, when the output cannot be written: a directory,
+      // no space for it, no permission.
+      check_output_file("save_weights", cfg_.save_weights,
+                        4 * cfg_.model.num_parameters() + (1 << 20), /*folder_must_exist=*/false);
       std::error_code ec;
       const auto parent = std::filesystem::path(cfg_.save_weights).parent_path();
       if (!parent.empty()) std::filesystem::create_directories(parent, ec);
@@ -716,6 +724,7 @@ class Trainer {
 }  // namespace
 
 int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
+  const std::string save_weights = ctx.is_root() ? cfg.save_weights : "";
   Trainer trainer(std::move(cfg), ctx);
   // Setup errors are the user's; agree across ranks before any collective so that a bad flag or
   // file makes every rank exit 2, instead of leaving the healthy ranks waiting for the failed one.
@@ -748,6 +757,7 @@ int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
     if (ctx.is_root()) LOG(WARNING) << stop.message;
     return stop.exit_code;
   } catch (const std::exception& e) {
+    if (!save_weights.empty()) remove_partial_output(save_weights);  // e.g. a disk that filled up
     std::string what = e.what();
     dist::abort_job("training failed: " + what.substr(0, what.find('\n')));
   }

@@ -5,10 +5,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "samout/data/corpus_file.h"
+#include "samout/data/tokenizer.h"
 
 namespace samout::data::testing {
 
@@ -28,12 +31,32 @@ class TempDirTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// A real SentencePiece model (readers refuse anything else) of at most kTestPieces pieces, trained
+// once per name on a few lines that mention the name, so "model-A" and "model-B" differ. Special
+// ids: unk 0, bos 1, eos 2, pad 3.
+constexpr int64_t kTestPieces = 320;
+inline const std::string& tokenizer_model(const std::string& name) {
+  static std::mutex mu;
+  static std::map<std::string, std::string> models;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = models.find(name);
+  if (it == models.end()) {
+    std::vector<std::string> lines;
+    for (int i = 0; i < 200; ++i)
+      lines.push_back(name + " line " + std::to_string(i * 7919 % 1000) + " of the test corpus");
+    TokenizerTrainConfig cfg;
+    cfg.vocab_size = kTestPieces;
+    it = models.emplace(name, train_tokenizer(lines, cfg)).first;
+  }
+  return it->second;
+}
+
 inline CorpusMeta test_meta(int64_t vocab, const std::string& model = "model-A") {
   CorpusMeta m;
   m.vocab_size = vocab;
   m.unk_id = 0, m.bos_id = 1, m.eos_id = 2, m.pad_id = 3;
-  m.tokenizer_kind = "test";
-  m.tokenizer_model = model;
+  m.tokenizer_kind = "sentencepiece";
+  m.tokenizer_model = tokenizer_model(model);
   return m;
 }
 

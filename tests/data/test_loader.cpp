@@ -141,7 +141,7 @@ TEST_F(LoaderTest, ShardsFormOneCorpusAndWideTokensWork) {
   auto l = Loader::open(c);
   EXPECT_EQ(l->windows_per_epoch(), 48);
   EXPECT_EQ(l->vocab_size(), vocab);
-  EXPECT_EQ(l->tokenizer_model(), "model-A");
+  EXPECT_EQ(l->tokenizer_model(), testing::tokenizer_model("model-A"));
   EXPECT_EQ(l->pad_id(), 3);
   EXPECT_EQ(l->eos_id(), 2);
   for (int s = 0; s < 2; ++s) {
@@ -165,7 +165,7 @@ TEST_F(LoaderTest, CompressedFilesServeTheSameWindows) {
   auto b = Loader::open(config(path("gzip.h5")));
   for (int s = 0; s < 4; ++s) EXPECT_EQ(a->next().tokens, b->next().tokens);
   ShardReader r(path("gzip.h5"));
-  EXPECT_EQ(r.meta().tokenizer_kind, "test");
+  EXPECT_EQ(r.meta().tokenizer_kind, "sentencepiece");
   EXPECT_EQ(r.num_tokens(), 50 * kT + 1);
   EXPECT_EQ(r.doc_offsets(), (std::vector<int64_t>{0, 50 * kT + 1}));
 }
@@ -211,6 +211,7 @@ class LoaderErrors : public TempDirTest {
   // An HDF5 file with the corpus attributes and a `tokens` dataset of the given type (or none).
   void write_h5(const std::string& p, hid_t tokens_type) {
     hid_t f = H5Fcreate(p.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    write_attr_str(f, "format", "samout-tokens");
     write_attr_int(f, "format_version", 1);
     write_attr_int(f, "vocab_size", 1000);
     hsize_t n = 1000;

@@ -7,8 +7,12 @@ The program's path comes from $SAMOUT_PREP (set by CTest).
 """
 import glob
 import os
+import re
+import signal
+import socket
 import subprocess
 import tempfile
+import time
 import unittest
 
 import h5py
@@ -220,6 +224,10 @@ class PrepBadInputTest(unittest.TestCase):
         self.assert_bad([f"--input={self.dir}/good.txt", f"--tokenizer={self.dir}/good.txt"],
                         f"{self.dir}/good.txt: not a SentencePiece model")
 
+    def test_input_is_a_directory(self):
+        os.makedirs(f"{self.dir}/texts")
+        self.assert_bad([f"--input={self.dir}/texts"], f"{self.dir}/texts: is a directory, not a file")
+
     def test_output_is_a_file(self):
         with open(f"{self.dir}/out", "w") as f:
             f.write("x")
@@ -227,6 +235,131 @@ class PrepBadInputTest(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertEqual(r.stderr.strip(), f"samout_prep: error: {self.dir}/out: exists and is not "
                                            "a directory")
+
+
+def big_input(path, docs, seed=1):
+    """Deterministic English-like text, one document per block, ~520 bytes a document."""
+    import random
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+    with open(path, "w") as f:
+        for _ in range(docs):
+            f.write(" ".join(rng.choice(words) + str(rng.randint(0, 999)) for _ in range(60)))
+            f.write("\n%\n")
+
+
+def host_tag():
+    """The host part of samout_prep's temporary folder names: <output>.tmp-<host>-<pid>."""
+    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname()) or "localhost"
+
+
+class PrepEnvironmentTest(unittest.TestCase):
+    """Full disks, signals, stale temporary folders, invalid UTF-8: real ones, no mocks."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+        big_input(f"{self.dir}/a.txt", 3000)
+        r = run_prep(f"--input={self.dir}/a.txt", f"--output={self.dir}/tok", "--vocab_size=300",
+                     "--tokenizer_train_mb=1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.model = f"{self.dir}/tok/tokenizer.model"
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def unshare_prefix(self):
+        """A command prefix that runs in a private mount namespace, or None (then: skip)."""
+        probe = f"{self.dir}/probe"
+        os.makedirs(probe, exist_ok=True)
+        for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+            r = subprocess.run([*prefix, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', probe],
+                               capture_output=True)
+            if r.returncode == 0:
+                return prefix
+        return None
+
+    def test_full_disk_exits_1_with_one_line_and_leaves_nothing(self):
+        prefix = self.unshare_prefix()
+        if prefix is None:
+            self.skipTest("cannot mount a tmpfs in a private mount namespace here")
+        args = [f"--input={self.dir}/a.txt", f"--tokenizer={self.model}", "--progress=0"]
+        full = run_prep(*args, f"--output={self.dir}/full")
+        self.assertEqual(full.returncode, 0, full.stderr)
+        need = sum(os.path.getsize(p) for p in glob.glob(f"{self.dir}/full/*"))
+        disk = f"{self.dir}/disk"
+        os.makedirs(disk)
+        where = set()
+        # From early (while tokens are written) to the last few KB (HDF5's final metadata flush,
+        # where HDF5 1.10 used to leave a half-closed file that crashed its exit handler).
+        for frac in (0.1, 0.5, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99):
+            kb = max(16, int(need * frac) // 4096 * 4)
+            listing = f"{self.dir}/listing"
+            script = ('mount -t tmpfs -o size="$1"k tmpfs "$0" || exit 99; shift; "$@"; rc=$?; '
+                      f'ls -A "{disk}" > "{listing}"; exit $rc')
+            r = subprocess.run([*prefix, "sh", "-c", script, disk, str(kb), PREP, *args,
+                                f"--output={disk}/out"], capture_output=True, text=True)
+            self.assertNotEqual(r.returncode, 99, r.stderr)
+            self.assertEqual(r.returncode, 1, f"{kb} KB: {r.stderr}")
+            lines = r.stderr.splitlines()
+            self.assertEqual(len(lines), 1, f"{kb} KB: {r.stderr}")
+            self.assertTrue(lines[0].startswith("samout_prep: fatal: "), lines[0])
+            self.assertIn("No space left on device", lines[0])
+            self.assertRegex(lines[0], r"out\.tmp-[^/]+/(train|val)-\d{5}\.h5: ")
+            where.add("finish" if "cannot finish" in lines[0] else "write")
+            with open(listing) as f:
+                self.assertEqual(f.read(), "", f"{kb} KB: left behind")  # no temporary folder
+        self.assertEqual(where, {"write", "finish"})
+
+    def test_signal_removes_the_temporary_folder(self):
+        big_input(f"{self.dir}/big.txt", 16000, seed=2)  # a few seconds of encoding
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            out = f"{self.dir}/out"
+            p = subprocess.Popen([PREP, f"--input={self.dir}/big.txt", f"--tokenizer={self.model}",
+                                  f"--output={out}", "--progress=0", "--threads=2"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 60
+            while not glob.glob(f"{out}.tmp-*/train-*.h5") and time.time() < deadline:
+                self.assertIsNone(p.poll(), "finished before it could be interrupted")
+                time.sleep(0.02)
+            p.send_signal(sig)
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, -sig, err)  # died of the signal, as a shell expects
+            self.assertEqual(err, "")
+            self.assertEqual(sorted(n for n in os.listdir(self.dir) if n.startswith("out")), [])
+
+    def test_stale_temporary_folders_of_dead_processes_are_cleared(self):
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = f"{self.dir}/out.tmp-{host_tag()}-{dead.pid}"
+        alive = f"{self.dir}/out.tmp-{host_tag()}-{os.getpid()}"
+        elsewhere = f"{self.dir}/out.tmp-otherhost-{dead.pid}"
+        for d in (stale, alive, elsewhere):
+            os.makedirs(d)
+            with open(f"{d}/train-00000.h5", "w") as f:
+                f.write("half-written")
+        r = run_prep(f"--input={self.dir}/a.txt", f"--tokenizer={self.model}",
+                     f"--output={self.dir}/out")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.exists(stale))
+        self.assertIn(f"removed {stale}, left by process {dead.pid}", r.stdout)
+        self.assertTrue(os.path.exists(alive))      # its process is running: in use
+        self.assertTrue(os.path.exists(elsewhere))  # another host's process: may be in use
+
+    def test_invalid_utf8_is_replaced_with_a_warning(self):
+        path = f"{self.dir}/bad.txt"
+        with open(path, "wb") as f:
+            f.write(b"bad \xff\xfe bytes and a stray \x80 here\n%\n")
+            with open(f"{self.dir}/a.txt", "rb") as good:
+                f.write(good.read()[:20000])
+        out = f"{self.dir}/out"
+        r = run_prep(f"--input={path}", f"--tokenizer={self.model}", f"--output={out}",
+                     "--val_fraction=0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr.splitlines(),
+                         [f"samout_prep: warning: {path}: 3 bytes of invalid UTF-8 replaced by U+FFFD"])
+        first = read_docs([f"{out}/train-00000.h5"], eos=2)[0]
+        self.assertEqual(spm_decode(self.model, first), "bad \ufffd\ufffd bytes and a stray \ufffd here")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ Cases (each a ctest of its own, see tests/train/CMakeLists.txt):
   bad_flags    each bad flag: exit code 2 and exactly one error line, before any work
   rank_killed  SIGKILL of one rank mid-run brings the whole job down (no hang)
   big_flags_resume  configs/big.flags saves checkpoints, and the same command resumes from them
+  ranks_disagree    ranks given different --lr or --hidden (mpirun's a : b) exit 2 naming the flag;
+               rank-local flags (--threads) may differ
+  half_written --save_weights or samout_export --output naming a directory or a full disk, and
+               --init_from naming a directory or /dev/zero: exit 2 before any work, nothing left
   context_parallel  -np 2 --context_parallel=2 against -np 1 (losses 1e-6, weights 1e-5, with and
                without ZeRO-1), -np 4 as 2 data- x 2 context-parallel against -np 2, and a
                checkpoint saved with --context_parallel=2 resumed with 1
@@ -132,6 +136,27 @@ def case_bad_flags(a, tmp):
         (2, ["--context_parallel=3"], "--context_parallel=3 does not divide the world size 2"),
         (2, ["--context_parallel=2", "--seq_len=25"], "--context_parallel=2 does not divide --seq_len=25"),
         (1, ["--context_parallel=0"], "--context_parallel must be positive"),
+        # Parsing: an unknown flag or a wrong type (exit 2 under mpirun too, one line for the job).
+        (2, ["--hiden=64"], "unknown flag --hiden"),
+        (1, ["--hidden=sixty"], "--hidden=sixty: 'sixty' is not an integer"),
+        # Every numeric flag's range: these all trained (or hung) before.
+        (1, ["--lr=inf"], "--lr must be a finite number > 0, got inf"),
+        (1, ["--eps=nan"], "--eps must be a finite number >= 0, got nan"),
+        (1, ["--weight_decay=nan"], "--weight_decay must be a finite number >= 0, got nan"),
+        (1, ["--min_lr=nan"], "--min_lr must be in [0, --lr="),
+        (1, ["--lr=0.1", "--min_lr=0.5"], "--min_lr must be in [0, --lr=0.1], got 0.5"),
+        (1, ["--beta1=2"], "--beta1 must be in [0, 1), got 2"),
+        (1, ["--beta2=-0.5"], "--beta2 must be in [0, 1), got -0.5"),
+        (1, ["--grad_clip=-1"], "--grad_clip must be a finite number >= 0"),
+        (1, ["--grad_clip=nan"], "--grad_clip must be a finite number >= 0"),
+        (1, ["--warmup_steps=-5"], "--warmup_steps must be >= 0, got -5"),
+        (1, ["--eval_every=-1"], "--eval_every must be >= 0, got -1"),
+        (1, [f"--val_data={a.sample}/val-*.h5", "--vocab_size=0", f"--data={a.sample}/train-*.h5",
+             "--eval_batches=0"], "--eval_batches must be >= 1 with --val_data, got 0"),
+        (1, ["--threads=-1"], "--threads must be in [0, 1024], got -1"),
+        (1, ["--threads=100000"], "--threads must be in [0, 1024], got 100000"),
+        (2, ["--comm_timeout_s=-3"], "--comm_timeout_s must be a positive number"),
+        (1, ["--comm_timeout_s=inf"], "--comm_timeout_s must be a positive number"),
     ]
     for n, flags, expect in cases:
         m = os.path.join(tmp, "bad.jsonl")
@@ -210,6 +235,104 @@ def case_big_flags_resume(a, tmp):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from runs/big/ckpt/step_00000003 at step 3" in p.stderr, p.stderr[-3000:]
     print("configs/big.flags: saved into runs/big/ckpt, and the rerun resumed at step 3")
+
+
+def mpmd(per_rank):
+    """mpirun with one command line per rank (MPMD: `-np 1 A : -np 1 B`)."""
+    cmd = ["mpirun", "--oversubscribe"]
+    for i, args in enumerate(per_rank):
+        cmd += ([":"] if i else []) + ["-np", "1"] + args
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def case_ranks_disagree(a, tmp):
+    """Ranks given different run-shaping flags stop at start-up, naming the first that differs."""
+    base = [a.bin] + TINY + ["--batch_size=8", "--steps=3"]
+    for rank1, expect in [
+        (["--lr=0.002"], "--lr=0.002 differs from rank 0's --lr=0.001"),     # diverging replicas
+        (["--hidden=64"], "--hidden=64 differs from rank 0's --hidden=48"),  # MPI_ERR_TRUNCATE
+        (["--bogus=1"], "rank 1: unknown flag --bogus"),                      # only rank 1's is bad
+    ]:
+        m = os.path.join(tmp, "disagree.jsonl")
+        p = mpmd([base + ["--lr=0.001", f"--metrics_file={m}"], base + ["--lr=0.001"] + rank1])
+        ours = [l for l in p.stderr.splitlines() if l.startswith("samout_ddp:")]
+        print(f"rank 1 given {rank1} -> exit {p.returncode}: {ours}")
+        assert p.returncode == 2, (rank1, p.returncode, p.stderr[-2000:])
+        assert len(ours) == 1 and expect in ours[0], (rank1, p.stderr[-2000:])
+        assert not os.path.exists(m), "a metrics file was written"
+    # Rank-local flags may differ: threads, prefetch, the metrics file.
+    m = os.path.join(tmp, "local.jsonl")
+    p = mpmd([base + ["--threads=1", f"--metrics_file={m}"], base + ["--threads=2", "--prefetch=1"]])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(metrics(m)[0]) == 3
+    print("rank-local flags (--threads, --prefetch, --metrics_file) may differ: trained 3 steps")
+
+
+def tmpfs_prefix(tmp):
+    """A command prefix running in a private mount namespace where tmpfs can be mounted, or None."""
+    probe = os.path.join(tmp, "probe")
+    os.makedirs(probe, exist_ok=True)
+    for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+        r = subprocess.run(prefix + ["sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', probe],
+                           capture_output=True)
+        if r.returncode == 0:
+            return prefix
+    return None
+
+
+def expect_refused(args, expect, tmp, n=1, prefix=(), program="samout_ddp"):
+    p = subprocess.run(list(prefix) + mpirun(n) + args, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    ours = [l for l in p.stderr.splitlines() if l.startswith(program + ":")]
+    print(f"{' '.join(args[-2:])} -> exit {p.returncode}: {ours}")
+    assert p.returncode == 2, (args, p.returncode, p.stderr[-2000:])
+    assert len(ours) == 1 and expect in ours[0], (args, p.stderr[-2000:])
+
+
+def leftovers(folder):
+    return [f for f in os.listdir(folder) if f.endswith((".tmp", ".part"))]
+
+
+def case_half_written(a, tmp):
+    """Outputs that cannot be written, and inputs that are not files, are refused before training."""
+    export = os.path.join(os.path.dirname(a.bin), "samout_export")
+    base = [a.bin] + TINY + ["--batch_size=8", "--steps=2"]
+    outdir = os.path.join(tmp, "out")
+    os.makedirs(outdir)
+    m = os.path.join(tmp, "m.jsonl")
+    expect_refused(base + [f"--metrics_file={m}", f"--save_weights={outdir}"], "is a directory", tmp, n=2)
+    expect_refused(base + [f"--save_weights={outdir}/"], "is a directory", tmp)
+    expect_refused(base + ["--init_from=/dev/zero"], "not a regular file", tmp)
+    expect_refused(base + [f"--init_from={outdir}"], "is a directory", tmp)
+    assert not os.path.exists(m) and os.listdir(outdir) == [], "something was written"
+    # A real checkpoint to export.
+    ck = os.path.join(tmp, "ck")
+    run(base + [f"--ckpt_dir={ck}"])
+    expect_refused([export, f"--checkpoint={ck}", f"--output={outdir}"], "is a directory", tmp,
+                   program="samout_export")
+    assert os.listdir(outdir) == []
+    prefix = tmpfs_prefix(tmp)
+    if prefix is None:
+        print("SKIP (full disk): cannot mount a tmpfs in a private mount namespace here")
+        return
+    # A 64 KB filesystem cannot take the weights (about 300 KB): refused at start-up, not after
+    # training, and nothing is left on it.
+    disk = os.path.join(tmp, "disk")
+    os.makedirs(disk)
+    listing = os.path.join(tmp, "listing")
+    for program, args in [("samout_ddp", base + [f"--save_weights={disk}/w.h5"]),
+                          ("samout_export", [export, f"--checkpoint={ck}", f"--output={disk}/w.pt"]),
+                          ("samout_export", [export, f"--checkpoint={ck}", f"--output={disk}/w.h5"])]:
+        script = ('mount -t tmpfs -o size=64k tmpfs "$0" || exit 99; "$@"; rc=$?; '
+                  f'ls -A "$0" > "{listing}"; exit $rc')
+        p = subprocess.run(prefix + ["sh", "-c", script, disk] + args, env=ENV, capture_output=True,
+                           text=True, timeout=120)
+        ours = [l for l in p.stderr.splitlines() if l.startswith(program + ":")]
+        print(f"full disk: {program} {args[-1]} -> exit {p.returncode}: {ours}")
+        assert p.returncode == 2, (args, p.returncode, p.stderr[-2000:])
+        assert len(ours) == 1 and "are free on its filesystem" in ours[0], p.stderr[-2000:]
+        with open(listing) as f:
+            assert f.read() == "", "left behind on the full disk"
 
 
 SKIP = 77

@@ -27,10 +27,15 @@ inline void require(bool cond, const std::string& message) {
   if (!cond) throw UsageError(message);
 }
 
-// Runs `body` and maps exceptions to exit codes: UsageError (and c10::Error raised while validating
-// user input through require-style TORCH_CHECKs) -> one line on stderr, exit 2; anything else ->
-// one line, exit 1. `program` prefixes the message. In a multi-rank job every rank meets the same
-// flag errors; only rank 0 reports them (report_usage = false elsewhere), so the user sees one line.
+// Runs `body` and maps the exceptions escaping it to exit codes, printing only the first line of
+// the message (c10::Error appends a backtrace) prefixed by `program`:
+//   UsageError                -> "<program>: error: <message>" on stderr, exit 2 (kExitUsage);
+//   any other std::exception  -> "<program>: fatal: <message>" on stderr, exit 1 (kExitFailure).
+// A c10::Error (a failed TORCH_CHECK) is "any other": it exits 1, so a user's input must be
+// validated with require(), not TORCH_CHECK, to get exit 2. Exceptions not derived from
+// std::exception are not caught. In a multi-rank job every rank meets the same flag errors; only
+// rank 0 reports a UsageError (report_usage = false elsewhere), so the user sees one line; "fatal"
+// lines are printed by every rank that meets one.
 int run_program(const char* program, const std::function<int()>& body, bool report_usage = true);
 
 }  // namespace samout

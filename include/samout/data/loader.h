@@ -55,6 +55,7 @@ class Loader {
   int64_t vocab_size() const; int64_t pad_id() const; int64_t bos_id() const; int64_t eos_id() const;
   int64_t windows_per_epoch() const;  int64_t steps_per_epoch() const;  // floor(windows / G)
   const std::string& tokenizer_model() const;  // serialized SentencePiece model ("" for random:)
+  const std::string& spec() const;             // LoaderConfig::spec, for messages
 
   // The window that row j (in [0, G)) of global step `c` reads: P_epoch(step*G + j).
   int64_t window_at(const Cursor& c, int64_t j) const;
@@ -64,5 +65,10 @@ class Loader {
   explicit Loader(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Refuses (UsageError naming both specs) a validation corpus that does not share the training
+// corpus's tokenizer: vocabulary, serialized model and special ids. The trainer calls it after
+// opening both loaders.
+void require_same_tokenizer(const Loader& train, const Loader& val);
 
 }  // namespace samout::data
