@@ -91,7 +91,7 @@ torch::Tensor Sampler::sample(const torch::Tensor& logits_in, const torch::Tenso
 // does ~2 flops per weight, so on the CPU its time is the time to stream the weights from memory.
 // Through the modules each product is a GEMM with M = B, made for large M: MKL's sgemm streams the
 // weights at ~60% of the bandwidth on the AMD Zen 3 development machine and does not scale to a
-// second core, ops::linear's packed gemm_cpu is slower still at M = 1; and some forty small ATen
+// second core; and some forty small ATen
 // ops per layer add their dispatch costs at d = 512. So the step is written out here: the five
 // products of a layer and the head on ops::gemv_f32 (all rows of the batch in one pass over each
 // weight, split across threads), the rest as plain loops over B x d floats in one scratch buffer.

@@ -30,7 +30,7 @@ torch::Tensor MaxStateSuperImpl::alphas() const {
 std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::Tensor& x,
                                                                    const torch::Tensor& state) {
   // The Linear modules hold the parameters (and their seed names); the products run through
-  // ops::linear, which uses our own sgemm for fp32 on the CPU (ops/linear.h).
+  // ops::linear (at::linear, or the GEMV when decoding a few rows: ops/linear.h).
   auto y = ops::linear(x, combined->weight);  // (B, T, 3d): a | b | c, read in place by the gate
   // Under autocast the projection's output may be bf16 while the alphas stay fp32; the gate runs in
   // the projection's dtype.

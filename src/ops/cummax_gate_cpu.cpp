@@ -149,6 +149,11 @@ class Kernels {
           std::fill_n(R.data(), w, acc_t(0));
           for (int64_t k = p.K - 1; k >= 0; --k) {
             std::copy_n(R.data(), w, acc.data());  // a full chunk releases nothing: same as 0
+            if (k == 0) {  // R_0 would be the state's gradient, which is not needed: no tracking
+              partial[g * p.K] = backward_rows</*kTrackG=*/false>(
+                  s, b, j0, w, p.t0_of(0), p.t1_of(0), acc.data(), nullptr, nullptr);
+              break;
+            }
             std::fill_n(acc0.data(), w, acc_t(0));
             std::fill_n(owned.data(), w, false);
             partial[g * p.K + k] = backward_rows</*kTrackG=*/true>(

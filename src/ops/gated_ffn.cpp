@@ -6,7 +6,6 @@
 
 #include <algorithm>
 
-#include "samout/ops/gemm.h"
 #include "samout/ops/linear.h"
 
 namespace samout::ops {
@@ -21,7 +20,7 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
     const int64_t f = w1.size(0);
     const auto y2 = y.reshape({-1, y.size(-1)}).contiguous();
     const auto wcat = torch::cat({w1, wg}, 0);  // (2f, d): 2 MB at the seed's size, per call
-    const auto u = linear_2d_cpu(y2, wcat, torch::cat({b1, bg}, 0));  // (M, 2f) = [a | g]
+    const auto u = at::addmm(torch::cat({b1, bg}, 0), y2, wcat.t());  // (M, 2f) = [a | g]
     const int64_t M = u.size(0);
     auto h = torch::empty({M, f}, u.options());
     const float* up = u.data_ptr<float>();
@@ -34,7 +33,7 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
         for (int64_t j = 0; j < f; ++j) hr[j] = a[j] * std::max(g[j], 0.0f);
       }
     });
-    auto out = linear_2d_cpu(h, w2, b2);
+    auto out = at::addmm(b2, h, w2.t());
     ctx->save_for_backward({y2, wcat, u, h, w2});
     auto shape = y.sizes().vec();
     shape.back() = w2.size(0);
@@ -49,10 +48,8 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
     const int64_t M = u.size(0), f = h.size(1);
     const auto dout = grads[0].reshape({M, w2.size(0)}).contiguous();
 
-    auto dh = torch::empty_like(h);
-    gemm_cpu(dout, w2, dh, 0.0f);  // (M, d_out) @ (d_out, f)
-    auto dw2 = torch::empty_like(w2);
-    gemm_cpu(dout.t(), h, dw2, 0.0f);
+    auto dh = dout.mm(w2);        // (M, d_out) @ (d_out, f)
+    auto dw2 = dout.t().mm(h);
     auto db2 = dout.sum(0);
 
     // d[a | g] in one pass: da = dh * relu(g), dg = dh * a * (g > 0).
@@ -76,12 +73,10 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
     });
     torch::Tensor dy;
     if (ctx->needs_input_grad(0)) {
-      dy = torch::empty_like(y2);
-      gemm_cpu(du, wcat, dy, 0.0f);  // (M, 2f) @ (2f, d): both projections' dL/dy, summed
+      dy = du.mm(wcat);  // (M, 2f) @ (2f, d): both projections' dL/dy, summed
       dy = dy.view(ctx->saved_data["y_shape"].toIntVector());
     }
-    auto dwcat = torch::empty_like(wcat);
-    gemm_cpu(du.t(), y2, dwcat, 0.0f);
+    auto dwcat = du.t().mm(y2);
     auto dbcat = du.sum(0);
     return {dy, dwcat.narrow(0, 0, f), dbcat.narrow(0, 0, f), dwcat.narrow(0, f, f),
             dbcat.narrow(0, f, f), dw2, db2};
@@ -92,8 +87,13 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
 
 bool gated_ffn_uses_fused(const torch::Tensor& y, const torch::Tensor& w1,
                           const torch::Tensor& w2) {
-  return linear_uses_gemm_cpu(y, w1, torch::Tensor()) && w2.is_cpu() &&
-         w2.scalar_type() == torch::kFloat32 && w2.dim() == 2 && w2.size(1) == w1.size(0);
+  auto fp32_cpu = [](const torch::Tensor& t) {
+    return t.is_cpu() && t.scalar_type() == torch::kFloat32 && t.layout() == torch::kStrided;
+  };
+  // Under CPU autocast the products would run in bf16: the composite keeps those semantics.
+  return fp32_cpu(y) && fp32_cpu(w1) && fp32_cpu(w2) && w1.dim() == 2 && w2.dim() == 2 &&
+         y.dim() >= 1 && y.size(-1) == w1.size(1) && w2.size(1) == w1.size(0) &&
+         !at::autocast::is_autocast_enabled(at::kCPU);
 }
 
 torch::Tensor gated_ffn_composite(const torch::Tensor& y, const torch::Tensor& w1,
