@@ -28,6 +28,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gate_compare.h"
 #include "samout/ops/cummax_gate.h"
 #include "samout/ops/cummax_scan_cuda.cuh"
 
@@ -322,37 +323,11 @@ Inputs make_inputs(const Case& c, torch::ScalarType dtype, uint64_t seed) {
   return in;
 }
 
-// ---- Comparisons --------------------------------------------------------------------------------
+// ---- Comparisons (gate_compare.h) -------------------------------------------------------------
 
-struct Tol {
-  double rtol, atol;
-};
-
-// cummax_gate_cuda_test's tolerances (see there): rounding only, bf16 outputs rounded once.
-Tol tol_for(torch::ScalarType dtype) {
-  if (dtype == torch::kDouble) return {1e-12, 1e-12};
-  if (dtype == torch::kFloat) return {1e-5, 1e-5};
-  return {1.0 / 128, 1e-3};
-}
-
-// |got - want| <= rtol |want| + atol max|want| elementwise, and NaN exactly where want has NaN.
-void expect_close(const torch::Tensor& got_in, const torch::Tensor& want_in, Tol tol,
-                  const std::string& what) {
-  const auto got = got_in.to(torch::kDouble), want = want_in.to(torch::kDouble);
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  EXPECT_TRUE(torch::equal(got.isnan(), want.isnan()))
-      << what << ": NaN pattern differs (" << got.isnan().sum().item<int64_t>() << " vs "
-      << want.isnan().sum().item<int64_t>() << " NaN)";
-  auto keep = ~(got.isnan() | want.isnan());
-  auto g = got.masked_select(keep), w = want.masked_select(keep);
-  if (w.numel() == 0) return;
-  const double scale = w.abs().max().item<double>();
-  auto excess = (g - w).abs() - (tol.rtol * w.abs() + tol.atol * scale);
-  const int64_t worst = excess.argmax().item<int64_t>();
-  EXPECT_LE(excess[worst].item<double>(), 0.0)
-      << what << ": got " << g[worst].item<double>() << ", want " << w[worst].item<double>()
-      << " (max |want| " << scale << ")";
-}
+using testing::expect_close;
+using testing::Tol;
+using testing::tol_for;
 
 // sum |g * x| over the terms of each alpha's gradient (x = b, m, a, c, m), NaN terms left out.
 torch::Tensor alpha_abs_sums(const Inputs& in, const Case& c) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 
+#include "gate_compare.h"
 #include "samout/ops/cummax_gate.h"
 
 #ifdef SAMOUT_HAVE_CUDA
@@ -154,37 +155,11 @@ Outputs run_fused(const Inputs& in, const Case& c, torch::Device device, torch::
   return o;
 }
 
-// ---- Comparison ---------------------------------------------------------------------------------
+// ---- Comparison (gate_compare.h) --------------------------------------------------------------
 
-// Elementwise |got - want| <= rtol * |want| + atol * max|want|, and NaN exactly where want has NaN.
-struct Tol {
-  double rtol, atol;
-};
-
-// fp64 and fp32 differ from the CPU only by rounding (the GPU contracts a*b+c into FMAs); bf16
-// outputs are rounded once from fp32 (half an ulp: at most 2^-8 relative, 7 stored mantissa bits),
-// so 2^-7 leaves a factor 2 (the CPU's own bf16 kernel passes at 2^-8 against its fp32 run).
-Tol tol_for(torch::ScalarType dtype) {
-  if (dtype == torch::kDouble) return {1e-12, 1e-12};
-  if (dtype == torch::kFloat) return {1e-5, 1e-5};
-  return {1.0 / 128, 1e-3};
-}
-
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, Tol tol,
-                  const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  EXPECT_TRUE(torch::equal(got.isnan(), want.isnan())) << what << ": NaN pattern differs";
-  auto keep = ~(got.isnan() | want.isnan());
-  auto g = got.masked_select(keep).to(torch::kDouble);
-  auto w = want.masked_select(keep).to(torch::kDouble);
-  if (w.numel() == 0) return;
-  const double scale = w.abs().max().item<double>();
-  auto excess = (g - w).abs() - (tol.rtol * w.abs() + tol.atol * scale);
-  const int64_t worst = excess.argmax().item<int64_t>();
-  EXPECT_LE(excess[worst].item<double>(), 0.0)
-      << what << ": got " << g[worst].item<double>() << ", want " << w[worst].item<double>()
-      << " (max |want| " << scale << ")";
-}
+using testing::expect_close;
+using testing::Tol;
+using testing::tol_for;
 
 // sum |g * x| over every term of each alpha's gradient (x = b, m, a, c, m; NaN terms left out): the
 // scale of the rounding of sums taken in different orders on the two devices.
