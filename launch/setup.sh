@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything samout needs on a fresh Debian 12 machine, and nothing twice.
 #   - Debian packages: compilers, CMake, Open MPI, HDF5, gflags, glog, GoogleTest, SentencePiece,
-#     and the fortune packages that the sample corpus is made from.
+#     the fortune packages that the sample corpus is made from, and clang-format (the layout check).
 #   - A Python virtual environment (default: <repo>/.venv, ignored by git; override with
 #     SAMOUT_VENV) holding the pinned torch, whose LibTorch the C++ build links against.
 # Re-running it when everything is present takes about a second.
@@ -18,7 +18,8 @@ APT_PACKAGES=(build-essential cmake pkg-config python3 python3-venv
   libgflags-dev libgoogle-glog-dev libgtest-dev
   libsentencepiece-dev sentencepiece libxxhash-dev nlohmann-json3-dev
   fortunes fortunes-zh
-  slurm-wlm munge libpmix-dev)
+  slurm-wlm munge libpmix-dev
+  clang-format)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -12,8 +12,8 @@
 
 #include "samout/data/corpus_file.h"
 #include "samout/data/loader.h"
-#include "samout/data/tokenizer.h"
 #include "samout/data/permutation.h"
+#include "samout/data/tokenizer.h"
 
 DEFINE_string(file, "/tmp/samout_bench_100M.h5", "Benchmark corpus (created if absent)");
 DEFINE_int64(tokens, 100'000'000, "Tokens in the generated corpus");
@@ -30,7 +30,8 @@ using samout::data::LoaderConfig;
 void make_corpus(const std::string& path, int64_t n) {
   // A real (tiny) tokenizer: the reader refuses a corpus whose tokenizer SentencePiece cannot load.
   std::vector<std::string> lines;
-  for (int i = 0; i < 200; ++i) lines.push_back("bench corpus line " + std::to_string(i * 7919 % 1000));
+  for (int i = 0; i < 200; ++i)
+    lines.push_back("bench corpus line " + std::to_string(i * 7919 % 1000));
   samout::data::TokenizerTrainConfig tc;
   tc.vocab_size = 300;
   samout::data::CorpusMeta meta =

@@ -8,8 +8,8 @@
 #include <optional>
 
 #include "samout/common/error.h"
-#include "samout/data/h5.h"
 #include "samout/common/flags_check.h"
+#include "samout/data/h5.h"
 #include "samout/dist/context.h"
 #include "samout/train/flags.h"
 #include "samout/train/trainer.h"

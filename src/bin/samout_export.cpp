@@ -12,11 +12,12 @@
 #include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
-#include "samout/data/h5.h"
 #include "samout/common/file_checks.h"
 #include "samout/common/flags_check.h"
+#include "samout/data/h5.h"
 
-DEFINE_string(checkpoint, "", "a checkpoint folder (step_NNNNNNNN) or a --ckpt_dir (its newest valid one)");
+DEFINE_string(checkpoint, "",
+              "a checkpoint folder (step_NNNNNNNN) or a --ckpt_dir (its newest valid one)");
 DEFINE_string(output, "", "output file: torch.load format, or HDF5 when it ends in .h5");
 
 int main(int argc, char** argv) {
@@ -30,7 +31,8 @@ int main(int argc, char** argv) {
     using samout::require;
     require(!FLAGS_checkpoint.empty(), "--checkpoint is required");
     require(!FLAGS_output.empty(), "--output is required");
-    require(fs::is_directory(FLAGS_checkpoint), "--checkpoint=" + FLAGS_checkpoint + ": no such folder");
+    require(fs::is_directory(FLAGS_checkpoint),
+            "--checkpoint=" + FLAGS_checkpoint + ": no such folder");
     samout::check_output_file("output", FLAGS_output, 0);  // a directory, a missing folder: now
     std::string dir = FLAGS_checkpoint;
     if (!fs::exists(dir + "/manifest.json")) {  // a ckpt_dir: take its newest valid checkpoint

@@ -21,9 +21,9 @@
 #include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
-#include "samout/data/h5.h"
 #include "samout/common/flags_check.h"
 #include "samout/data/documents.h"
+#include "samout/data/h5.h"
 #include "samout/data/tokenizer.h"
 #include "samout/model/generate.h"
 #include "samout/model/samout.h"
@@ -123,8 +123,10 @@ std::vector<std::string> read_prompts() {
   }
   for (auto& prompt : prompts) {
     if (const int64_t n = samout::data::sanitize_utf8(&prompt))
-      std::fprintf(stderr, "samout_generate: warning: prompt: %ld bytes of invalid UTF-8 replaced by U+FFFD\n",
-                   static_cast<long>(n));
+      std::fprintf(
+          stderr,
+          "samout_generate: warning: prompt: %ld bytes of invalid UTF-8 replaced by U+FFFD\n",
+          static_cast<long>(n));
   }
   return prompts;
 }

@@ -2,8 +2,8 @@
 
 #include <fcntl.h>
 #include <ftw.h>
-#include <signal.h>
 #include <glog/logging.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -155,8 +155,8 @@ void CheckpointWriter::write(const Snapshot& s) {
 
   // Never publish a non-finite weight: the job would resume into the same failure. Checked here,
   // on the host copy in the writer's thread, so that training does not wait for it.
-  const bool finite = rank_ != 0 || !s.flat_weights.defined() ||
-                      torch::isfinite(s.flat_weights).all().item<bool>();
+  const bool finite =
+      rank_ != 0 || !s.flat_weights.defined() || torch::isfinite(s.flat_weights).all().item<bool>();
   std::vector<std::string> files;
   if (rank_ == 0 && finite) {
     torch::OrderedDict<std::string, torch::Tensor> named;
@@ -199,15 +199,19 @@ void CheckpointWriter::write(const Snapshot& s) {
   if (rank_ != 0) return;
 
   // Rank 0: wait for every rank's list, then the manifest, then the rename that publishes it.
-  json manifest = {{"format", "samout-checkpoint"}, {"version", 1}, {"step", s.step},
-                   {"world", world_}, {"files", json::object()}};
+  json manifest = {{"format", "samout-checkpoint"},
+                   {"version", 1},
+                   {"step", s.step},
+                   {"world", world_},
+                   {"files", json::object()}};
   for (int r = 0; r < world_; ++r) {
     const std::string path = tmp + "/" + rank_file(r);
     while (!fs::exists(path)) {
       const double waited =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (waited > kRankWaitS)
-        throw std::runtime_error("rank " + std::to_string(r) + " did not finish its part of " + name);
+        throw std::runtime_error("rank " + std::to_string(r) + " did not finish its part of " +
+                                 name);
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     const json listed = read_json(path);  // named: items() must not outlive a temporary
@@ -264,7 +268,8 @@ std::string verify(const std::string& step_dir) {
   } catch (const UsageError& e) {
     return e.what();
   }
-  if (!manifest.contains("files") || manifest["files"].empty()) return "manifest.json lists no files";
+  if (!manifest.contains("files") || manifest["files"].empty())
+    return "manifest.json lists no files";
   for (auto& [f, e] : manifest["files"].items()) {
     const FileDigest d = digest_file(step_dir + "/" + f);
     if (d.size < 0) return f + " is missing";
@@ -302,8 +307,8 @@ int64_t read_optimizer_range(const std::string& step_dir, int64_t total, int64_t
                     std::memcmp(h.magic, kOptMagic, sizeof(kOptMagic)) == 0;
     if (!ok || h.total != total) {
       std::fclose(f);
-      throw UsageError(e.path().string() + ": not an optimizer shard of a " + std::to_string(total) +
-                       "-parameter model");
+      throw UsageError(e.path().string() + ": not an optimizer shard of a " +
+                       std::to_string(total) + "-parameter model");
     }
     if (h.begin < 0 || h.begin > h.end || h.end > total || h.steps < 0) {
       std::fclose(f);
@@ -318,7 +323,8 @@ int64_t read_optimizer_range(const std::string& step_dir, int64_t total, int64_t
     if (lo < hi) {
       for (int which = 0; which < 2; ++which) {
         torch::Tensor& dst = which == 0 ? exp_avg : exp_avg_sq;
-        const off_t off = static_cast<off_t>(sizeof(h) + (which * n + (lo - h.begin)) * sizeof(float));
+        const off_t off =
+            static_cast<off_t>(sizeof(h) + (which * n + (lo - h.begin)) * sizeof(float));
         read_ok = read_ok && ::fseeko(f, off, SEEK_SET) == 0 &&
                   std::fread(dst.data_ptr<float>() + (lo - begin), sizeof(float), hi - lo, f) ==
                       static_cast<size_t>(hi - lo);

@@ -24,7 +24,8 @@ FileDigest digest_file(const std::string& path) {
   }
   if (std::ferror(f.get())) return d;
   char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(XXH64_digest(st.get())));
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(XXH64_digest(st.get())));
   d.size = size;
   d.xxh64 = hex;
   return d;

@@ -35,7 +35,8 @@ DirLock::DirLock(const std::string& dir) {
   const std::string me = std::string("host ") + host + ", pid " + std::to_string(::getpid()) + "\n";
   // Who holds it, for the message above; also proves the folder takes writes (a read-only mount
   // lets the open of an existing file succeed).
-  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+  if (::ftruncate(fd_, 0) != 0 ||
+      ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
     const int err = errno;
     ::close(fd_);
     fd_ = -1;

@@ -125,8 +125,8 @@ void load_into(torch::nn::Module& module, const std::map<std::string, torch::Ten
     auto it = weights.find(p.key());
     require(it != weights.end(), source + ": missing parameter " + p.key());
     require(it->second.sizes() == p.value().sizes(),
-            source + ": " + p.key() + " has shape " + c10::str(it->second.sizes()) + ", model wants " +
-                c10::str(p.value().sizes()));
+            source + ": " + p.key() + " has shape " + c10::str(it->second.sizes()) +
+                ", model wants " + c10::str(p.value().sizes()));
     p.value().copy_(it->second);
   }
 }

@@ -19,7 +19,8 @@ int run_program(const char* program, const std::function<int()>& body, bool repo
   try {
     return body();
   } catch (const UsageError& e) {
-    if (report_usage) std::fprintf(stderr, "%s: error: %s\n", program, first_line(e.what()).c_str());
+    if (report_usage)
+      std::fprintf(stderr, "%s: error: %s\n", program, first_line(e.what()).c_str());
     return kExitUsage;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: fatal: %s\n", program, first_line(e.what()).c_str());

@@ -32,15 +32,17 @@ void check_output_file(const std::string& flag, const std::string& path, int64_t
   std::error_code ec;
   require(path.back() != '/' && !fs::is_directory(path, ec),
           what + ": is a directory; give the name of a file to write");
-  fs::path parent = fs::path(path).parent_path().empty() ? fs::path(".")
-                                                          : fs::path(path).parent_path();
+  fs::path parent =
+      fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
   require(!folder_must_exist || fs::is_directory(parent, ec),
           what + ": no such folder " + parent.string());
   // The folder the file will be in, or, when the caller will create it, its nearest existing one.
-  while (!fs::is_directory(parent, ec) && parent.has_parent_path() && parent != parent.parent_path())
+  while (!fs::is_directory(parent, ec) && parent.has_parent_path() &&
+         parent != parent.parent_path())
     parent = parent.parent_path();
   struct statvfs vfs {};
-  if (::statvfs(parent.c_str(), &vfs) != 0) return;  // no figure to check against: let the write tell
+  if (::statvfs(parent.c_str(), &vfs) != 0)
+    return;  // no figure to check against: let the write tell
   // Root may use the blocks reserved for it; anyone else only the available ones.
   const double free_bytes =
       static_cast<double>(::geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail) * vfs.f_frsize;

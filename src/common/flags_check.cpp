@@ -136,7 +136,8 @@ class Checker {
         has_value = true;  // gflags: --noflag means --flag=0, whatever follows an '='
         value = "0";
       } else if (key.find_first_of(" \t") != std::string::npos) {
-        return problem(where + "'--" + arg + "': write a flag as --name=value, without spaces", key);
+        return problem(where + "'--" + arg + "': write a flag as --name=value, without spaces",
+                       key);
       } else {
         return problem(where + "unknown flag --" + key, key);
       }
@@ -202,7 +203,8 @@ class Checker {
     // gflags ends a line at the first '\r' if the rest of the file has one, else at '\n': with
     // mixed endings it would read several lines as one value.
     const bool has_cr = text.find('\r') != std::string::npos;
-    for (size_t nl = text.find('\n'); has_cr && nl != std::string::npos; nl = text.find('\n', nl + 1))
+    for (size_t nl = text.find('\n'); has_cr && nl != std::string::npos;
+         nl = text.find('\n', nl + 1))
       if (nl == 0 || text[nl - 1] != '\r')
         return problem(what + ": mixes \\r\\n and \\n line endings");
     stack_.push_back({canonical, path});
@@ -221,7 +223,8 @@ class Checker {
       const size_t end = std::min(text.find_first_of("\r\n", pos), text.size());
       const std::string line = text.substr(pos, end - pos);
       const std::string where =
-          path + ":" + std::to_string(1 + std::count(text.begin(), text.begin() + pos, '\n')) + ": ";
+          path + ":" + std::to_string(1 + std::count(text.begin(), text.begin() + pos, '\n')) +
+          ": ";
       pos = end;
       if (line[0] == '#') continue;
       if (line[0] != '-') {

@@ -29,7 +29,8 @@ std::string g_host = "?";
   std::_Exit(code);
 }
 
-[[noreturn]] void fail_call(const char* call, const char* file, int line, const std::string& error) {
+[[noreturn]] void fail_call(const char* call, const char* file, int line,
+                            const std::string& error) {
   abort_job(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " + error);
 }
 
@@ -42,8 +43,8 @@ DistContext init_distributed(int* argc, char*** argv) {
   SAMOUT_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &ctx.rank));
   SAMOUT_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ctx.world));
   MPI_Comm local;
-  SAMOUT_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ctx.rank,
-                                       MPI_INFO_NULL, &local));
+  SAMOUT_MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ctx.rank, MPI_INFO_NULL, &local));
   SAMOUT_MPI_CHECK(MPI_Comm_rank(local, &ctx.local_rank));
   SAMOUT_MPI_CHECK(MPI_Comm_size(local, &ctx.local_world));
   SAMOUT_MPI_CHECK(MPI_Comm_free(&local));
@@ -67,10 +68,11 @@ void select_device(DistContext& ctx, const std::string& device, const std::strin
   ctx.comm = cuda && comm != "mpi" ? CommKind::kNccl : CommKind::kMpi;
   if (!cuda) return;
   if (ctx.comm == CommKind::kNccl) {
-    require(ctx.local_world <= gpus,
-            std::to_string(ctx.local_world) + " ranks on host " + ctx.host + " but only " +
-                std::to_string(gpus) +
-                " GPUs (NCCL needs one GPU per rank; --comm=mpi lets ranks share one, for testing)");
+    require(
+        ctx.local_world <= gpus,
+        std::to_string(ctx.local_world) + " ranks on host " + ctx.host + " but only " +
+            std::to_string(gpus) +
+            " GPUs (NCCL needs one GPU per rank; --comm=mpi lets ranks share one, for testing)");
   } else if (ctx.local_world > gpus && ctx.local_rank == 0) {
     LOG(WARNING) << ctx.local_world << " ranks share " << gpus << " GPU(s) on host " << ctx.host
                  << " (--comm=mpi, gradients staged through host memory): for testing multi-rank "

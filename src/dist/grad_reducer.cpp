@@ -8,8 +8,8 @@
 
 namespace samout::dist {
 
-GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes,
-                         int rank, bool zero)
+GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm,
+                         int64_t bucket_bytes, int rank, bool zero)
     : comm_(comm), params_(std::move(params)), zero_(zero) {
   CHECK(!params_.empty());
   std::reverse(params_.begin(), params_.end());  // backward meets the head first

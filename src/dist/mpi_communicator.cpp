@@ -16,11 +16,16 @@ namespace {
 
 MPI_Datatype mpi_type(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat: return MPI_FLOAT;
-    case torch::kDouble: return MPI_DOUBLE;
-    case torch::kLong: return MPI_INT64_T;
-    case torch::kInt: return MPI_INT32_T;
-    default: TORCH_CHECK(false, "MPI communicator: unsupported dtype ", t.scalar_type());
+    case torch::kFloat:
+      return MPI_FLOAT;
+    case torch::kDouble:
+      return MPI_DOUBLE;
+    case torch::kLong:
+      return MPI_INT64_T;
+    case torch::kInt:
+      return MPI_INT32_T;
+    default:
+      TORCH_CHECK(false, "MPI communicator: unsupported dtype ", t.scalar_type());
   }
 }
 
@@ -85,8 +90,9 @@ class MpiCommunicator final : public Communicator {
     if (world_ == 1) return;
     HostView v(t);
     MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v.host.data_ptr(), static_cast<int>(v.host.numel()),
-                                    mpi_type(v.host), MPI_SUM, comm_, &req));
+    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v.host.data_ptr(),
+                                    static_cast<int>(v.host.numel()), mpi_type(v.host), MPI_SUM,
+                                    comm_, &req));
     wait_one(&req, "all-reduce", std::chrono::steady_clock::now());
     v.copy_back();
   }

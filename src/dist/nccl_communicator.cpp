@@ -25,12 +25,18 @@ namespace {
 
 ncclDataType_t nccl_type(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat: return ncclFloat32;
-    case torch::kDouble: return ncclFloat64;
-    case torch::kBFloat16: return ncclBfloat16;
-    case torch::kLong: return ncclInt64;
-    case torch::kInt: return ncclInt32;
-    default: TORCH_CHECK(false, "NCCL communicator: unsupported dtype ", t.scalar_type());
+    case torch::kFloat:
+      return ncclFloat32;
+    case torch::kDouble:
+      return ncclFloat64;
+    case torch::kBFloat16:
+      return ncclBfloat16;
+    case torch::kLong:
+      return ncclInt64;
+    case torch::kInt:
+      return ncclInt32;
+    default:
+      TORCH_CHECK(false, "NCCL communicator: unsupported dtype ", t.scalar_type());
   }
 }
 
@@ -133,7 +139,8 @@ class NcclCommunicator final : public Communicator {
     if (aborted_) return "";
     ncclResult_t async = ncclSuccess;
     const ncclResult_t rc = ncclCommGetAsyncError(comm_, &async);
-    if (rc != ncclSuccess) return std::string("ncclCommGetAsyncError failed: ") + ncclGetErrorString(rc);
+    if (rc != ncclSuccess)
+      return std::string("ncclCommGetAsyncError failed: ") + ncclGetErrorString(rc);
     if (async != ncclSuccess && async != ncclInProgress)
       return std::string("asynchronous error: ") + ncclGetErrorString(async);
     return "";

@@ -23,10 +23,9 @@ Watchdog::~Watchdog() {
 }
 
 void Watchdog::watch(std::string what, int64_t step, std::function<bool()> done) {
-  const auto deadline =
-      std::chrono::steady_clock::now() +
-      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-          std::chrono::duration<double>(timeout_s_));
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(timeout_s_));
   {
     std::lock_guard<std::mutex> lock(mu_);
     entries_.push_back(Entry{std::move(what), step, std::move(done), deadline});
@@ -51,7 +50,8 @@ void Watchdog::loop() {
     // asynchronously, possibly between steps.
     while (!entries_.empty() && entries_.front().done()) entries_.pop_front();
     std::string why = error_ ? error_() : std::string();
-    if (why.empty() && !entries_.empty() && std::chrono::steady_clock::now() > entries_.front().deadline) {
+    if (why.empty() && !entries_.empty() &&
+        std::chrono::steady_clock::now() > entries_.front().deadline) {
       std::ostringstream m;
       m << entries_.front().what << " of step " << entries_.front().step
         << " did not complete within --comm_timeout_s=" << timeout_s_

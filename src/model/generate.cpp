@@ -131,15 +131,14 @@ bool cpu_step_applies(SamOutImpl& model, const torch::Tensor& tokens, const Mode
     const auto& sa = *layer->self_attention;
     const auto& ffn = *layer->ffn;
     const auto& ln = *layer->layer_norm;
-    const bool ok =
-        dense_f32_cpu(sa.combined->weight, {3 * d, d}) && dense_f32_cpu(sa.alpha1, {}) &&
-        dense_f32_cpu(sa.alpha2, {}) && dense_f32_cpu(sa.alpha3, {}) &&
-        dense_f32_cpu(sa.alpha4, {}) && dense_f32_cpu(sa.alpha5, {}) &&
-        dense_f32_cpu(ffn.ffn1->weight, {d, d}) && dense_f32_cpu(ffn.ffn1->bias, {d}) &&
-        dense_f32_cpu(ffn.gate->weight, {d, d}) && dense_f32_cpu(ffn.gate->bias, {d}) &&
-        dense_f32_cpu(ffn.ffn2->weight, {d, d}) && dense_f32_cpu(ffn.ffn2->bias, {d}) &&
-        dense_f32_cpu(ln.weight, {d}) && dense_f32_cpu(ln.bias, {d}) &&
-        dense_f32_cpu(layer->alpha, {});
+    const bool ok = dense_f32_cpu(sa.combined->weight, {3 * d, d}) &&
+                    dense_f32_cpu(sa.alpha1, {}) && dense_f32_cpu(sa.alpha2, {}) &&
+                    dense_f32_cpu(sa.alpha3, {}) && dense_f32_cpu(sa.alpha4, {}) &&
+                    dense_f32_cpu(sa.alpha5, {}) && dense_f32_cpu(ffn.ffn1->weight, {d, d}) &&
+                    dense_f32_cpu(ffn.ffn1->bias, {d}) && dense_f32_cpu(ffn.gate->weight, {d, d}) &&
+                    dense_f32_cpu(ffn.gate->bias, {d}) && dense_f32_cpu(ffn.ffn2->weight, {d, d}) &&
+                    dense_f32_cpu(ffn.ffn2->bias, {d}) && dense_f32_cpu(ln.weight, {d}) &&
+                    dense_f32_cpu(ln.bias, {d}) && dense_f32_cpu(layer->alpha, {});
     if (!ok) return false;
     if (state[i].defined() && !dense_f32_cpu(state[i], {B, d})) return false;
   }
@@ -194,8 +193,7 @@ torch::Tensor cpu_step(SamOutImpl& model, const torch::Tensor& tokens, ModelStat
       const float* yb = y + b * 3 * d;
       for (int64_t j = 0; j < d; ++j) {
         const float av = yb[j], bv = yb[d + j], cv = yb[2 * d + j];
-        const float mv =
-            take_max(s ? s[b * d + j] : -std::numeric_limits<float>::infinity(), cv);
+        const float mv = take_max(s ? s[b * d + j] : -std::numeric_limits<float>::infinity(), cv);
         m_out[b * d + j] = mv;
         u[b * d + j] = (av + bv + cv + a25) * mv + a3 * av + a1 * bv + a4 * cv;
       }

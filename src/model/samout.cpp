@@ -13,7 +13,8 @@ namespace samout::model {
 MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate_impl)
     : gate(gate_impl) {
   require(heads > 0 && hidden % heads == 0, "hidden size " + std::to_string(hidden) +
-                                                " is not divisible by heads " + std::to_string(heads));
+                                                " is not divisible by heads " +
+                                                std::to_string(heads));
   combined = register_module(
       "combined", torch::nn::Linear(torch::nn::LinearOptions(hidden, 3 * hidden).bias(false)));
   alpha1 = register_parameter("alpha1", torch::tensor(0.5f));
@@ -108,11 +109,13 @@ void SamOutImpl::set_context_parallel(std::shared_ptr<const ops::ContextGroup> g
 }
 
 void SamOutImpl::check_tokens(const torch::Tensor& tokens) const {
-  require(tokens.dim() == 2, "tokens must be (B, T), got " + std::to_string(tokens.dim()) + " dims");
+  require(tokens.dim() == 2,
+          "tokens must be (B, T), got " + std::to_string(tokens.dim()) + " dims");
   require(tokens.numel() > 0, "empty input: tokens have shape (" + std::to_string(tokens.size(0)) +
                                   ", " + std::to_string(tokens.size(1)) + ")");
-  require(!tokens.is_floating_point() && !tokens.is_complex(),
-          std::string("tokens must be integer ids, got dtype ") + c10::toString(tokens.scalar_type()));
+  require(
+      !tokens.is_floating_point() && !tokens.is_complex(),
+      std::string("tokens must be integer ids, got dtype ") + c10::toString(tokens.scalar_type()));
   if (!check_tokens_) return;
   const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
   require(lo >= 0, "token id " + std::to_string(lo) + " is negative");

@@ -10,14 +10,18 @@ GateImpl parse_gate_impl(const std::string& name) {
   if (name == "auto") return GateImpl::kAuto;
   if (name == "fused") return GateImpl::kFused;
   if (name == "composite") return GateImpl::kComposite;
-  throw UsageError("unknown gate implementation '" + name + "' (expected auto, fused or composite)");
+  throw UsageError("unknown gate implementation '" + name +
+                   "' (expected auto, fused or composite)");
 }
 
 std::string to_string(GateImpl impl) {
   switch (impl) {
-    case GateImpl::kAuto: return "auto";
-    case GateImpl::kFused: return "fused";
-    case GateImpl::kComposite: return "composite";
+    case GateImpl::kAuto:
+      return "auto";
+    case GateImpl::kFused:
+      return "fused";
+    case GateImpl::kComposite:
+      return "composite";
   }
   return "?";
 }
@@ -37,7 +41,8 @@ void cummax_gate_backward_cuda(const torch::Tensor&, const torch::Tensor&, const
 namespace {
 
 // Shapes and layouts every implementation relies on; checked once here, not in each kernel.
-int64_t check_inputs(const torch::Tensor& y, const torch::Tensor& alphas, const torch::Tensor& state) {
+int64_t check_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
+                     const torch::Tensor& state) {
   TORCH_CHECK(y.dim() == 3, "cummax_gate: y must be (B, T, 3d), got ", y.sizes());
   TORCH_CHECK(y.size(2) % 3 == 0, "cummax_gate: last dim of y must be 3d, got ", y.size(2));
   TORCH_CHECK(y.is_floating_point(), "cummax_gate: y must be floating, got ", y.scalar_type());
@@ -48,7 +53,8 @@ int64_t check_inputs(const torch::Tensor& y, const torch::Tensor& alphas, const 
   const int64_t d = y.size(2) / 3;
   if (state.defined()) {
     TORCH_CHECK(state.dim() == 2 && state.size(0) == y.size(0) && state.size(1) == d,
-                "cummax_gate: state must be (B, d) = (", y.size(0), ", ", d, "), got ", state.sizes());
+                "cummax_gate: state must be (B, d) = (", y.size(0), ", ", d, "), got ",
+                state.sizes());
     TORCH_CHECK(state.device() == y.device() && state.scalar_type() == y.scalar_type(),
                 "cummax_gate: state must match y's device and dtype");
   }
@@ -136,7 +142,8 @@ GateResult cummax_gate_composite(const torch::Tensor& y, const torch::Tensor& al
   } else {
     m = std::get<0>(torch::cummax(c, /*dim=*/1));
   }
-  auto out = (a + b + c + alphas[1] + alphas[4]) * m + alphas[2] * a + alphas[0] * b + alphas[3] * c;
+  auto out =
+      (a + b + c + alphas[1] + alphas[4]) * m + alphas[2] * a + alphas[0] * b + alphas[3] * c;
   return {out, m.select(1, T - 1).detach().contiguous()};
 }
 

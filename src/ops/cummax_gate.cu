@@ -157,10 +157,10 @@ template <typename scalar_t, int VEC>
 int64_t resident_threads() {
   static const int blocks_per_sm = [] {
     int fwd = 0, bwd = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &fwd, output_kernel<scalar_t, VEC>, kThreads, 0));
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &bwd, chunk_kernel<scalar_t, VEC>, kThreads, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fwd, output_kernel<scalar_t, VEC>,
+                                                                 kThreads, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bwd, chunk_kernel<scalar_t, VEC>,
+                                                                 kThreads, 0));
     return std::max(1, std::min(fwd, bwd));
   }();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -174,8 +174,15 @@ const scalar_t* ptr_or_null(const torch::Tensor& t) {
 
 template <typename scalar_t>
 GateArgs<scalar_t> gate_args(const torch::Tensor& y, const torch::Tensor& alphas, ChunkPlan plan) {
-  return {y.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(), y.size(0), y.size(1),
-          y.size(2) / 3, y.stride(0), y.stride(1), plan.K, plan.L};
+  return {y.data_ptr<scalar_t>(),
+          alphas.data_ptr<scalar_t>(),
+          y.size(0),
+          y.size(1),
+          y.size(2) / 3,
+          y.stride(0),
+          y.stride(1),
+          plan.K,
+          plan.L};
 }
 
 template <typename scalar_t, int VEC>
@@ -192,8 +199,8 @@ torch::Tensor forward_impl(const torch::Tensor& y, const torch::Tensor& alphas,
   torch::Tensor summaries, chunk_carry;
   if (plan.K > 1) {
     summaries = torch::empty({B, plan.K, d}, y.options());  // every entry is written
-    summary_kernel<scalar_t, VEC><<<grid_size(gm.blocks), kThreads, 0, stream>>>(
-        g, gm, summaries.data_ptr<scalar_t>());
+    summary_kernel<scalar_t, VEC>
+        <<<grid_size(gm.blocks), kThreads, 0, stream>>>(g, gm, summaries.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (save_for_backward) chunk_carry = torch::empty({B, plan.K, d}, y.options());
@@ -247,12 +254,15 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     slice_gradient_sums_kernel(const T* __restrict__ G, const T* __restrict__ M,
-                               const T* __restrict__ C, T* __restrict__ R, int64_t N, int64_t cols) {
+                               const T* __restrict__ C, T* __restrict__ R, int64_t N,
+                               int64_t cols) {
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (col < cols) scan::backward_carries(G + col, M + col, C + col, N, R + col, cols);
 }
 
-unsigned column_blocks(int64_t cols) { return static_cast<unsigned>((cols + kThreads - 1) / kThreads); }
+unsigned column_blocks(int64_t cols) {
+  return static_cast<unsigned>((cols + kThreads - 1) / kThreads);
+}
 
 void check_sizes(const torch::Tensor& y) {
   TORCH_CHECK(y.size(1) <= std::numeric_limits<int32_t>::max(),
@@ -267,9 +277,9 @@ void slice_carries_cuda(const torch::Tensor& maxima, torch::Tensor& carries) {
   const int64_t N = maxima.size(0), cols = N ? maxima.numel() / N : 0;
   if (cols == 0) return;
   AT_DISPATCH_FLOATING_TYPES(maxima.scalar_type(), "slice_carries_cuda", [&] {
-    slice_carries_kernel<scalar_t><<<column_blocks(cols), kThreads, 0,
-                                     at::cuda::getCurrentCUDAStream()>>>(
-        maxima.data_ptr<scalar_t>(), carries.data_ptr<scalar_t>(), N, cols);
+    slice_carries_kernel<scalar_t>
+        <<<column_blocks(cols), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            maxima.data_ptr<scalar_t>(), carries.data_ptr<scalar_t>(), N, cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -279,10 +289,10 @@ void slice_gradient_sums_cuda(const torch::Tensor& G, const torch::Tensor& maxim
   const int64_t N = G.size(0), cols = N ? G.numel() / N : 0;
   if (cols == 0) return;
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "slice_gradient_sums_cuda", [&] {
-    slice_gradient_sums_kernel<scalar_t><<<column_blocks(cols), kThreads, 0,
-                                           at::cuda::getCurrentCUDAStream()>>>(
-        G.data_ptr<scalar_t>(), maxima.data_ptr<scalar_t>(), carries.data_ptr<scalar_t>(),
-        R.data_ptr<scalar_t>(), N, cols);
+    slice_gradient_sums_kernel<scalar_t>
+        <<<column_blocks(cols), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            G.data_ptr<scalar_t>(), maxima.data_ptr<scalar_t>(), carries.data_ptr<scalar_t>(),
+            R.data_ptr<scalar_t>(), N, cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -299,8 +309,8 @@ torch::Tensor cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tens
             d, y.stride(0), y.stride(1),
             {y.data_ptr(), out.data_ptr(), state.defined() ? state.data_ptr() : nullptr,
              last_m.data_ptr()})) {
-      chunk_carry = forward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(y, alphas, state, out,
-                                                                          last_m, save_for_backward);
+      chunk_carry = forward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(
+          y, alphas, state, out, last_m, save_for_backward);
     } else {
       chunk_carry = forward_impl<scalar_t, 1>(y, alphas, state, out, last_m, save_for_backward);
     }
@@ -331,7 +341,7 @@ void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tenso
             d, y.stride(0), y.stride(1),
             {y.data_ptr(), grad_out.data_ptr(), chunk_carry.data_ptr(), grad_y.data_ptr()})) {
       backward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(grad_out, y, alphas, chunk_carry,
-                                                             grad_y, grad_alphas);
+                                                              grad_y, grad_alphas);
     } else {
       backward_impl<scalar_t, 1>(grad_out, y, alphas, chunk_carry, grad_y, grad_alphas);
     }

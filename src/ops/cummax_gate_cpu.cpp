@@ -113,7 +113,8 @@ class Kernels {
         const int64_t b = p.b_of(g), j0 = p.j0_of(g), w = p.w_of(g);
         for (int64_t j = 0; j < w; ++j) {
           acc_t* col = &summ[g * p.K * p.W + j];
-          const acc_t last = scan::forward_carries(col, p.K, initial_state(state, b, j0 + j), col, p.W);
+          const acc_t last =
+              scan::forward_carries(col, p.K, initial_state(state, b, j0 + j), col, p.W);
           last_m[b * d + j0 + j] = scalar_t(last);
         }
       }
@@ -182,7 +183,8 @@ class Kernels {
         for (int64_t g = begin; g < end; ++g) {
           for (int64_t j = 0, w = p.w_of(g); j < w; ++j) {
             const int64_t col = g * p.K * p.W + j;
-            scan::backward_carries(&G[col], &full[col], p.K, &G[col], p.W);  // R_0 dropped, as above
+            // R_0 dropped, as above.
+            scan::backward_carries(&G[col], &full[col], p.K, &G[col], p.W);
           }
         }
       });
@@ -194,8 +196,8 @@ class Kernels {
             const acc_t R_next = k + 1 < p.K ? G[(task + 1) * p.W + j] : acc_t(0);
             acc[j] = scan::acc_start(full[task * p.W + j], R_next);
           }
-          partial[task] = backward_rows</*kTrackG=*/false>(s, p.b_of(g), p.j0_of(g), w, p.t0_of(k),
-                                                           p.t1_of(k), acc.data(), nullptr, nullptr);
+          partial[task] = backward_rows</*kTrackG=*/false>(
+              s, p.b_of(g), p.j0_of(g), w, p.t0_of(k), p.t1_of(k), acc.data(), nullptr, nullptr);
         }
       });
     }
@@ -325,8 +327,8 @@ class Kernels {
 }  // namespace
 
 void cummax_gate_forward_cpu(const torch::Tensor& y, const torch::Tensor& alphas,
-                             const torch::Tensor& state, torch::Tensor& out,
-                             torch::Tensor& m_saved, torch::Tensor& last_m) {
+                             const torch::Tensor& state, torch::Tensor& out, torch::Tensor& m_saved,
+                             torch::Tensor& last_m) {
   const Plan plan = make_plan(y.size(0), y.size(1), y.size(2) / 3);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_forward_cpu", [&] {
     Kernels<scalar_t>(plan, y, alphas)

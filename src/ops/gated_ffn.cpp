@@ -48,7 +48,7 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
     const int64_t M = u.size(0), f = h.size(1);
     const auto dout = grads[0].reshape({M, w2.size(0)}).contiguous();
 
-    auto dh = dout.mm(w2);        // (M, d_out) @ (d_out, f)
+    auto dh = dout.mm(w2);  // (M, d_out) @ (d_out, f)
     auto dw2 = dout.t().mm(h);
     auto db2 = dout.sum(0);
 
@@ -78,8 +78,13 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
     }
     auto dwcat = du.t().mm(y2);
     auto dbcat = du.sum(0);
-    return {dy, dwcat.narrow(0, 0, f), dbcat.narrow(0, 0, f), dwcat.narrow(0, f, f),
-            dbcat.narrow(0, f, f), dw2, db2};
+    return {dy,
+            dwcat.narrow(0, 0, f),
+            dbcat.narrow(0, 0, f),
+            dwcat.narrow(0, f, f),
+            dbcat.narrow(0, f, f),
+            dw2,
+            db2};
   }
 };
 
@@ -107,10 +112,10 @@ torch::Tensor gated_ffn_composite(const torch::Tensor& y, const torch::Tensor& w
 torch::Tensor gated_ffn(const torch::Tensor& y, const torch::Tensor& w1, const torch::Tensor& b1,
                         const torch::Tensor& wg, const torch::Tensor& bg, const torch::Tensor& w2,
                         const torch::Tensor& b2) {
-  const bool track = torch::GradMode::is_enabled() &&
-                     (y.requires_grad() || w1.requires_grad() || wg.requires_grad() ||
-                      w2.requires_grad() || b1.requires_grad() || bg.requires_grad() ||
-                      b2.requires_grad());
+  const bool track =
+      torch::GradMode::is_enabled() &&
+      (y.requires_grad() || w1.requires_grad() || wg.requires_grad() || w2.requires_grad() ||
+       b1.requires_grad() || bg.requires_grad() || b2.requires_grad());
   // Inference keeps the composite: linear() sends few-row products to the GEMV there.
   if (!track || !gated_ffn_uses_fused(y, w1, w2))
     return gated_ffn_composite(y, w1, b1, wg, bg, w2, b2);

@@ -49,7 +49,7 @@ inline void dot_portable(const float* w, int64_t K, int64_t k0, const float* x, 
 // so a row of x gets the same bits whatever rows share its pass (batched decoding == one by one).
 template <int NB>
 __attribute__((target("avx2,fma"))) void dot_avx2(const float* w, int64_t K, const float* x,
-                                                   float* acc) {
+                                                  float* acc) {
   constexpr int U = 4;
   __m256 s[NB][U];
   for (int b = 0; b < NB; ++b)
@@ -102,9 +102,15 @@ void gemv_range(bool avx2, const float* x, int64_t rows, int64_t K, const float*
       const int64_t nb = std::min<int64_t>(kGroup, rows - b0);
       const float* xb = x + b0 * K;
       switch (nb) {
-        case 1: dot<1>(avx2, wn, K, xb, acc); break;
-        case 2: dot<2>(avx2, wn, K, xb, acc); break;
-        default: dot<3>(avx2, wn, K, xb, acc); break;
+        case 1:
+          dot<1>(avx2, wn, K, xb, acc);
+          break;
+        case 2:
+          dot<2>(avx2, wn, K, xb, acc);
+          break;
+        default:
+          dot<3>(avx2, wn, K, xb, acc);
+          break;
       }
       for (int64_t b = 0; b < nb; ++b) y[(b0 + b) * N + n] = acc[b] + add;
     }
@@ -115,8 +121,8 @@ void gemv_range(bool avx2, const float* x, int64_t rows, int64_t K, const float*
 
 bool gemv_has_avx2() { return have_avx2(); }
 
-void gemv_f32(const float* x, int64_t rows, int64_t K, const float* w, int64_t N,
-              const float* bias, float* y) {
+void gemv_f32(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, const float* bias,
+              float* y) {
   if (rows <= 0 || N <= 0) return;
   if (K <= 0) {  // an empty sum
     for (int64_t b = 0; b < rows; ++b)

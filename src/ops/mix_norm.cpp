@@ -202,11 +202,11 @@ Grads backward_cpu(const torch::Tensor& f2, const torch::Tensor& x2, const torch
       double da = 0.0;
       const int64_t r1 = std::min(N, (blk + 1) * kBlockRows);
       for (int64_t r = blk * kBlockRows; r < r1; ++r) {
-        da += add_residual ? backward_row<true>(f.row(r), x.row(r), dout.row(r), a, b, mu[r], rs[r],
-                                                gm, d, xhat.data(), df + r * d, dx + r * d, pg, pb)
-                           : backward_row<false>(f.row(r), x.row(r), dout.row(r), a, b, mu[r],
-                                                 rs[r], gm, d, xhat.data(), df + r * d, dx + r * d,
-                                                 pg, pb);
+        da += add_residual
+                  ? backward_row<true>(f.row(r), x.row(r), dout.row(r), a, b, mu[r], rs[r], gm, d,
+                                       xhat.data(), df + r * d, dx + r * d, pg, pb)
+                  : backward_row<false>(f.row(r), x.row(r), dout.row(r), a, b, mu[r], rs[r], gm, d,
+                                        xhat.data(), df + r * d, dx + r * d, pg, pb);
       }
       palpha[blk] = da;
     }
@@ -282,9 +282,13 @@ class MixLayerNorm : public torch::autograd::Function<MixLayerNorm> {
       return ctx->needs_input_grad(i) ? t : torch::Tensor();
     };
     const auto alpha_shape = ctx->saved_data["alpha_shape"].toIntVector();
-    return {keep(0, g.df.view(shape)), keep(1, g.dx.view(shape)),
-            keep(2, g.dalpha.reshape(alpha_shape)), keep(3, g.dgamma), keep(4, g.dbeta),
-            torch::Tensor(), torch::Tensor()};
+    return {keep(0, g.df.view(shape)),
+            keep(1, g.dx.view(shape)),
+            keep(2, g.dalpha.reshape(alpha_shape)),
+            keep(3, g.dgamma),
+            keep(4, g.dbeta),
+            torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -314,8 +318,10 @@ torch::Tensor mix_layer_norm_composite(const torch::Tensor& f, const torch::Tens
 torch::Tensor mix_layer_norm(const torch::Tensor& f, const torch::Tensor& x,
                              const torch::Tensor& alpha, const torch::Tensor& gamma,
                              const torch::Tensor& beta, double eps, bool add_residual) {
-  TORCH_CHECK(f.dim() >= 1 && alpha.numel() == 1, "mix_layer_norm: f (..., d) and a one-element "
-              "alpha, got ", f.sizes(), " and ", alpha.sizes());
+  TORCH_CHECK(f.dim() >= 1 && alpha.numel() == 1,
+              "mix_layer_norm: f (..., d) and a one-element "
+              "alpha, got ",
+              f.sizes(), " and ", alpha.sizes());
   TORCH_CHECK(gamma.defined() && beta.defined() && gamma.dim() == 1 && beta.dim() == 1 &&
                   gamma.size(0) == f.size(-1) && beta.size(0) == f.size(-1),
               "mix_layer_norm: gamma and beta must be (", f.size(-1), ",)");

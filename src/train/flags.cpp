@@ -65,8 +65,9 @@ DEFINE_int32(zero, 0, "1 = ZeRO-1: shard the optimizer state over ranks");
 DEFINE_int64(max_bad_steps, 10, "consecutive non-finite steps (skipped) before the run stops");
 DEFINE_string(debug_nan_steps, "", "TEST ONLY: comma-separated steps whose loss is set to NaN");
 DEFINE_int64(debug_kill_in_save, -1, "TEST ONLY: the last rank kills itself mid-save of this step");
-DEFINE_bool(debug_sync_check, false,
-            "TEST ONLY: on a GPU, any host sync inside a training step (after the first) is an error");
+DEFINE_bool(
+    debug_sync_check, false,
+    "TEST ONLY: on a GPU, any host sync inside a training step (after the first) is an error");
 // ---- communication
 DEFINE_int64(bucket_mb, 25, "gradient bucket size in MB");
 DEFINE_double(comm_timeout_s, 300, "seconds a collective may take before the job is aborted");
@@ -146,7 +147,8 @@ TrainConfig config_from_flags() {
   c.debug_kill_in_save = FLAGS_debug_kill_in_save;
   c.debug_sync_check = FLAGS_debug_sync_check;
   for (size_t pos = 0; pos < FLAGS_debug_nan_steps.size();) {
-    const size_t comma = std::min(FLAGS_debug_nan_steps.find(',', pos), FLAGS_debug_nan_steps.size());
+    const size_t comma =
+        std::min(FLAGS_debug_nan_steps.find(',', pos), FLAGS_debug_nan_steps.size());
     const std::string item = FLAGS_debug_nan_steps.substr(pos, comma - pos);
     try {
       c.debug_nan_steps.push_back(std::stoll(item));
@@ -165,24 +167,25 @@ TrainConfig config_from_flags() {
   };
   // An integer flag within [lo, hi]; named with its range.
   auto within = [](int64_t v, const char* name, int64_t lo, int64_t hi) {
-    const std::string range = hi == INT64_MAX ? ">= " + std::to_string(lo)
-                                              : "in [" + std::to_string(lo) + ", " +
-                                                    std::to_string(hi) + "]";
+    const std::string range = hi == INT64_MAX
+                                  ? ">= " + std::to_string(lo)
+                                  : "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
     require(v >= lo && v <= hi,
             std::string("--") + name + " must be " + range + ", got " + std::to_string(v));
   };
   // A real flag: finite (no nan or inf) and within the range `ok` describes as `range`.
   auto real = [](double v, const char* name, bool ok, const std::string& range) {
-    require(std::isfinite(v) && ok, std::string("--") + name + " must be " + range + ", got " +
-                                        format_number(v));
+    require(std::isfinite(v) && ok,
+            std::string("--") + name + " must be " + range + ", got " + format_number(v));
   };
-  require(c.model.vocab_size >= 0, "--vocab_size must be >= 0, got " + std::to_string(c.model.vocab_size));
+  require(c.model.vocab_size >= 0,
+          "--vocab_size must be >= 0, got " + std::to_string(c.model.vocab_size));
   positive(c.model.hidden, "hidden");
   positive(c.model.layers, "layers");
   positive(c.model.heads, "heads");
   require(c.model.hidden % c.model.heads == 0,
-          "--hidden=" + std::to_string(c.model.hidden) + " is not divisible by --heads=" +
-              std::to_string(c.model.heads));
+          "--hidden=" + std::to_string(c.model.hidden) +
+              " is not divisible by --heads=" + std::to_string(c.model.heads));
   positive(c.seq_len, "seq_len");
   positive(c.batch_size, "batch_size");
   require(c.micro_batch >= 0, "--micro_batch must be >= 0, got " + std::to_string(c.micro_batch));
@@ -200,8 +203,8 @@ TrainConfig config_from_flags() {
   if (c.val_data.empty()) {
     within(c.eval_batches, "eval_batches", 0, INT64_MAX);
   } else {
-    require(c.eval_batches >= 1, "--eval_batches must be >= 1 with --val_data, got " +
-                                     std::to_string(c.eval_batches));
+    require(c.eval_batches >= 1,
+            "--eval_batches must be >= 1 with --val_data, got " + std::to_string(c.eval_batches));
   }
   // Far more threads than any node has cores only oversubscribes it (100000 hangs creating them).
   within(c.threads, "threads", 0, kMaxThreads);
@@ -213,7 +216,8 @@ TrainConfig config_from_flags() {
           "--optimizer must be adam or adamw, got '" + c.optimizer + "'");
   require(c.precision == "fp32" || c.precision == "bf16",
           "--precision must be fp32 or bf16, got '" + c.precision + "'");
-  require(c.cpu_cache_mb >= 0, "--cpu_cache_mb must be >= 0, got " + std::to_string(c.cpu_cache_mb));
+  require(c.cpu_cache_mb >= 0,
+          "--cpu_cache_mb must be >= 0, got " + std::to_string(c.cpu_cache_mb));
   within(c.cpu_cache_mb, "cpu_cache_mb", 0, int64_t{1} << 30);  // MB: at most 1 PB, no overflow
   positive(c.log_every, "log_every");
   require(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1, got " + std::to_string(c.zero));
@@ -238,7 +242,6 @@ TrainConfig config_from_flags() {
   }
   return c;
 }
-
 
 // ---- ranks that must agree
 

@@ -8,8 +8,8 @@ namespace samout::train {
 namespace {
 
 struct Card {
-  const char* match;             // substring of the lower-cased device name
-  double bf16, tf32, fp32;       // dense TFLOP/s
+  const char* match;        // substring of the lower-cased device name
+  double bf16, tf32, fp32;  // dense TFLOP/s
 };
 
 // Order matters: the first match wins ("h100 pcie" before "h100", "h100 nvl" too).
@@ -30,9 +30,12 @@ double peak_tflops(const std::string& device_name, MathMode mode) {
   for (const auto& card : kCards) {
     if (name.find(card.match) == std::string::npos) continue;
     switch (mode) {
-      case MathMode::kBf16: return card.bf16;
-      case MathMode::kTf32: return card.tf32;
-      case MathMode::kFp32: return card.fp32;
+      case MathMode::kBf16:
+        return card.bf16;
+      case MathMode::kTf32:
+        return card.tf32;
+      case MathMode::kFp32:
+        return card.fp32;
     }
   }
   return 0.0;

@@ -14,7 +14,8 @@ FlatAdam::FlatAdam(const torch::Tensor& params, const torch::Tensor& grads, int6
       grads_(grads.narrow(0, begin, end - begin)),
       opts_(opts) {
   CHECK(params.sizes() == grads.sizes() && params.dim() == 1);
-  CHECK(params_.scalar_type() == torch::kFloat32 && params_.is_contiguous() && grads_.is_contiguous());
+  CHECK(params_.scalar_type() == torch::kFloat32 && params_.is_contiguous() &&
+        grads_.is_contiguous());
   exp_avg_ = torch::zeros_like(params_);
   exp_avg_sq_ = torch::zeros_like(params_);
   steps_ = torch::zeros({}, params_.options());  // float32, as ATen's fused kernels want it

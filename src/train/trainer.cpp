@@ -28,8 +28,8 @@
 #include "samout/ops/cross_entropy.h"
 #include "samout/train/cpu_allocator.h"
 #include "samout/train/metrics.h"
-#include "samout/train/optimizer.h"
 #include "samout/train/mfu.h"
+#include "samout/train/optimizer.h"
 #include "samout/train/preemption.h"
 #include "samout/train/step_timer.h"
 
@@ -122,22 +122,24 @@ class Trainer {
   void setup() {
     const int64_t G = cfg_.batch_size, N = cfg_.context_parallel;
     require(ctx_.world % N == 0, "--context_parallel=" + std::to_string(N) +
-                                     " does not divide the world size " + std::to_string(ctx_.world));
-    require(cfg_.seq_len % N == 0, "--context_parallel=" + std::to_string(N) +
-                                       " does not divide --seq_len=" + std::to_string(cfg_.seq_len));
+                                     " does not divide the world size " +
+                                     std::to_string(ctx_.world));
+    require(cfg_.seq_len % N == 0,
+            "--context_parallel=" + std::to_string(N) +
+                " does not divide --seq_len=" + std::to_string(cfg_.seq_len));
     // Data-parallel ranks: each group of N consecutive ranks shares its sequences.
     const int64_t W = ctx_.world / N;
-    const std::string world_name =
-        N == 1 ? "the world size " + std::to_string(W)
-               : "the data-parallel size " + std::to_string(W) + " (world " +
-                     std::to_string(ctx_.world) + " / --context_parallel=" + std::to_string(N) + ")";
+    const std::string world_name = N == 1 ? "the world size " + std::to_string(W)
+                                          : "the data-parallel size " + std::to_string(W) +
+                                                " (world " + std::to_string(ctx_.world) +
+                                                " / --context_parallel=" + std::to_string(N) + ")";
     require(G % W == 0, "--batch_size=" + std::to_string(G) + " is not divisible by " + world_name);
     local_rows_ = G / W;
     micro_ = cfg_.micro_batch > 0 ? cfg_.micro_batch : local_rows_;
     require(local_rows_ % micro_ == 0,
             "--batch_size=" + std::to_string(G) + " is not divisible by " +
-                (N == 1 ? "world size " + std::to_string(W) : world_name) + " x --micro_batch=" +
-                std::to_string(micro_));
+                (N == 1 ? "world size " + std::to_string(W) : world_name) +
+                " x --micro_batch=" + std::to_string(micro_));
     accum_ = local_rows_ / micro_;
     require(cfg_.precision != "bf16" || ctx_.device.is_cuda(),
             "--precision=bf16 is not supported on the CPU; use --precision=fp32 or a GPU");
@@ -145,7 +147,8 @@ class Trainer {
     const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(cfg_.threads > 0 ? cfg_.threads : std::max(1, hw / ctx_.local_world));
     // Before the model and the flat buffers exist, so that they too come from it.
-    if (!ctx_.device.is_cuda()) install_caching_cpu_allocator(static_cast<size_t>(cfg_.cpu_cache_mb));
+    if (!ctx_.device.is_cuda())
+      install_caching_cpu_allocator(static_cast<size_t>(cfg_.cpu_cache_mb));
 
     data::LoaderConfig lc;
     lc.spec = cfg_.data;
@@ -159,8 +162,9 @@ class Trainer {
     loader_ = data::Loader::open(lc);
     if (cfg_.model.vocab_size == 0) cfg_.model.vocab_size = loader_->vocab_size();
     require(cfg_.model.vocab_size == loader_->vocab_size(),
-            "--vocab_size=" + std::to_string(cfg_.model.vocab_size) + " does not match the corpus " +
-                cfg_.data + " (vocabulary " + std::to_string(loader_->vocab_size()) + ")");
+            "--vocab_size=" + std::to_string(cfg_.model.vocab_size) +
+                " does not match the corpus " + cfg_.data + " (vocabulary " +
+                std::to_string(loader_->vocab_size()) + ")");
     cfg_.model.pad_id = loader_->pad_id();
     if (!cfg_.val_data.empty()) {
       lc.spec = cfg_.val_data;
@@ -245,8 +249,7 @@ class Trainer {
       if (resume_path_.empty() && !skipped.empty()) {
         std::string all;
         for (const auto& s : skipped) all += (all.empty() ? "" : "; ") + s;
-        throw UsageError("--resume=auto: no checkpoint in " + cfg_.ckpt_dir +
-                         " verifies (" + all +
+        throw UsageError("--resume=auto: no checkpoint in " + cfg_.ckpt_dir + " verifies (" + all +
                          "); repair or move them, or start afresh with --resume=never");
       }
     } else {
@@ -270,14 +273,15 @@ class Trainer {
       const int64_t in_epoch = state.at("cursor").at("step").get<int64_t>();
       require(epoch >= 0 && in_epoch >= 0, state_file + ": negative data cursor");
       const std::string rng = state.value("rng_cpu", std::string());
-      require(rng.size() % 2 == 0 && rng.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos,
+      require(rng.size() % 2 == 0 &&
+                  rng.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos,
               state_file + ": rng_cpu is not a hex string");
       const auto& run = state.at("run");
       const auto want = run_shape();
       for (auto& [k, v] : want.items())
-        require(run.contains(k) && run[k] == v,
-                "checkpoint " + path + " was made with " + k + "=" +
-                    (run.contains(k) ? run[k].dump() : "?") + ", this run has " + k + "=" + v.dump());
+        require(run.contains(k) && run[k] == v, "checkpoint " + path + " was made with " + k + "=" +
+                                                    (run.contains(k) ? run[k].dump() : "?") +
+                                                    ", this run has " + k + "=" + v.dump());
     } catch (const nlohmann::json::exception& e) {
       throw UsageError(state_file + ": malformed (" + std::string(e.what()) + ")");
     }
@@ -292,10 +296,14 @@ class Trainer {
   // The flags a checkpoint must share with the run that resumes it: the model's shape and what
   // decides the sequence of global batches. (Learning rate, steps, world size may change.)
   nlohmann::json run_shape() const {
-    return {{"vocab_size", cfg_.model.vocab_size}, {"hidden", cfg_.model.hidden},
-            {"layers", cfg_.model.layers},         {"heads", cfg_.model.heads},
-            {"seq_len", cfg_.seq_len},             {"batch_size", cfg_.batch_size},
-            {"seed", cfg_.seed},                   {"data", cfg_.data},
+    return {{"vocab_size", cfg_.model.vocab_size},
+            {"hidden", cfg_.model.hidden},
+            {"layers", cfg_.model.layers},
+            {"heads", cfg_.model.heads},
+            {"seq_len", cfg_.seq_len},
+            {"batch_size", cfg_.batch_size},
+            {"seed", cfg_.seed},
+            {"data", cfg_.data},
             {"optimizer", cfg_.optimizer}};  // Adam's moments mean something else to AdamW
   }
 
@@ -340,9 +348,10 @@ class Trainer {
                       std::to_string(cfg_.context_parallel) + " context-parallel: " +
                       std::to_string(cfg_.seq_len / cfg_.context_parallel) + " tokens per rank)"
                 : std::string())
-        << ", global batch " << cfg_.batch_size << " x " << cfg_.seq_len << " tokens, " << accum_ << " micro-step(s) of " << micro_ << " per rank, "
-        << at::get_num_threads() << " threads per rank, " << reducer_->num_buckets()
-        << " gradient buckets, " << cfg_.steps << " steps";
+        << ", global batch " << cfg_.batch_size << " x " << cfg_.seq_len << " tokens, " << accum_
+        << " micro-step(s) of " << micro_ << " per rank, " << at::get_num_threads()
+        << " threads per rank, " << reducer_->num_buckets() << " gradient buckets, " << cfg_.steps
+        << " steps";
   }
 
   static std::string broadcast_string(std::string s) {
@@ -363,18 +372,20 @@ class Trainer {
     const int64_t opt_steps = ckpt::read_optimizer_range(path, reducer_->numel(), b, e, m, v);
     optimizer_->set_state(m.to(ctx_.device), v.to(ctx_.device), opt_steps);
     start_step_ = state["step"].get<int64_t>();
-    loader_->seek({state["cursor"]["epoch"].get<int64_t>(), state["cursor"]["step"].get<int64_t>()});
+    loader_->seek(
+        {state["cursor"]["epoch"].get<int64_t>(), state["cursor"]["step"].get<int64_t>()});
     const std::string rng_hex = state.value("rng_cpu", std::string());
     if (!rng_hex.empty()) {
       auto rng = torch::empty({static_cast<int64_t>(rng_hex.size() / 2)}, torch::kUInt8);
       for (int64_t i = 0; i < rng.numel(); ++i)
-        rng.data_ptr<uint8_t>()[i] = static_cast<uint8_t>(std::stoi(rng_hex.substr(2 * i, 2), nullptr, 16));
+        rng.data_ptr<uint8_t>()[i] =
+            static_cast<uint8_t>(std::stoi(rng_hex.substr(2 * i, 2), nullptr, 16));
       auto gen = at::detail::getDefaultCPUGenerator();
       gen.set_state(rng);
     }
     LOG_IF(INFO, ctx_.is_root()) << "resumed from " << path << " at step " << start_step_
-                                 << " (saved by " << state.value("world", 0) << " ranks), loaded in "
-                                 << seconds_since(t0) << " s";
+                                 << " (saved by " << state.value("world", 0)
+                                 << " ranks), loaded in " << seconds_since(t0) << " s";
   }
 
   // Copies what this rank must save into host memory; the rest of the save can run in the
@@ -400,9 +411,9 @@ class Trainer {
       s.flat_weights = host_params_;
       // Each parameter is a view into the flat buffer: its host copy is the same view of the copy.
       for (const auto& p : model_->named_parameters())
-        s.weights.emplace_back(p.key(), host_params_.narrow(0, p.value().storage_offset(),
-                                                            p.value().numel())
-                                            .view(p.value().sizes()));
+        s.weights.emplace_back(p.key(),
+                               host_params_.narrow(0, p.value().storage_offset(), p.value().numel())
+                                   .view(p.value().sizes()));
     }
     if (cfg_.zero == 1 || ctx_.is_root()) {  // without ZeRO every rank holds the same moments
       s.opt_total = reducer_->numel();
@@ -449,8 +460,8 @@ class Trainer {
   // pageable copy would sync the host with the device every step); the caching host allocator
   // recycles the pinned block only once its copy has run.
   torch::Tensor upload(const data::Batch& batch) const {
-    auto host = torch::from_blob(const_cast<int32_t*>(batch.tokens.data()), {batch.rows, batch.cols},
-                                 torch::kInt32);
+    auto host = torch::from_blob(const_cast<int32_t*>(batch.tokens.data()),
+                                 {batch.rows, batch.cols}, torch::kInt32);
     if (!ctx_.device.is_cuda()) return host.to(torch::kLong);
     auto pinned = torch::empty({batch.rows, batch.cols},
                                torch::TensorOptions(torch::kInt32).pinned_memory(true));
@@ -477,8 +488,8 @@ class Trainer {
 
     tokens_done_ = start_step_ * tokens_per_step;
     if (start_step_ >= cfg_.steps)
-      LOG_IF(INFO, ctx_.is_root()) << "nothing to do: the checkpoint is at step " << start_step_
-                                   << " of " << cfg_.steps;
+      LOG_IF(INFO, ctx_.is_root())
+          << "nothing to do: the checkpoint is at step " << start_step_ << " of " << cfg_.steps;
     for (int64_t step = start_step_; step < cfg_.steps; ++step) {
       const bool last = step + 1 == cfg_.steps;
       const bool log_step = (step + 1) % cfg_.log_every == 0 || last;
@@ -572,8 +583,8 @@ class Trainer {
         const double tps = steps_since_log * tokens_per_step / elapsed;
         const double per = 1.0 / steps_since_log;
         const double eta = (cfg_.steps - step - 1) * elapsed / steps_since_log;
-        const double mfu_now = mfu(tps / ctx_.world, static_cast<double>(cfg_.model.num_parameters()),
-                                   peak_tflops_);
+        const double mfu_now =
+            mfu(tps / ctx_.world, static_cast<double>(cfg_.model.num_parameters()), peak_tflops_);
         // Communication wait: the GPU's idle time between backward and the optimizer, or the host's
         // wait in MPI on the CPU.
         const double comm_ms = dev.is_cuda() ? phase_ms[2] * per : 1000.0 * host_comm_s * per;
@@ -591,14 +602,16 @@ class Trainer {
         metrics_->write(j);
         if (ctx_.is_root()) {
           char line[512];
-          std::snprintf(line, sizeof(line),
-                        "step %lld/%lld | loss %.4f | lr %.3g | gnorm %.3f | %.0f tok/s (%.0f/rank) | "
-                        "%.1f ms/step: data %.1f, compute %.1f, comm wait %.1f, optim %.1f%s | ETA %s",
-                        static_cast<long long>(step + 1), static_cast<long long>(cfg_.steps), loss, lr,
-                        gnorm_host, tps, tps / ctx_.world, 1000.0 * elapsed * per,
-                        phase_ms[0] * per, phase_ms[1] * per, comm_ms, phase_ms[3] * per,
-                        mfu_now > 0 ? (" | MFU " + std::to_string(100 * mfu_now).substr(0, 4) + "%").c_str() : "",
-                        format_duration(eta).c_str());
+          std::snprintf(
+              line, sizeof(line),
+              "step %lld/%lld | loss %.4f | lr %.3g | gnorm %.3f | %.0f tok/s (%.0f/rank) | "
+              "%.1f ms/step: data %.1f, compute %.1f, comm wait %.1f, optim %.1f%s | ETA %s",
+              static_cast<long long>(step + 1), static_cast<long long>(cfg_.steps), loss, lr,
+              gnorm_host, tps, tps / ctx_.world, 1000.0 * elapsed * per, phase_ms[0] * per,
+              phase_ms[1] * per, comm_ms, phase_ms[3] * per,
+              mfu_now > 0 ? (" | MFU " + std::to_string(100 * mfu_now).substr(0, 4) + "%").c_str()
+                          : "",
+              format_duration(eta).c_str());
           LOG(INFO) << line;
         }
         loss_acc.zero_();
@@ -614,7 +627,8 @@ class Trainer {
           throw RunStopped{128 + sig, "stopped by signal " + std::to_string(sig) + " at step " +
                                           std::to_string(step + 1) +
                                           " with no --ckpt_dir: nothing saved, so not asking to be "
-                                          "resumed (exit " + std::to_string(128 + sig) + ")"};
+                                          "resumed (exit " +
+                                          std::to_string(128 + sig) + ")"};
         save_checkpoint(step + 1, /*async=*/false);
         finish_checkpoints();
         throw RunStopped{kExitTempFail, "preempted by signal " + std::to_string(sig) + " at step " +
@@ -624,7 +638,8 @@ class Trainer {
       if (!last && cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0)
         save_checkpoint(step + 1, cfg_.ckpt_async);
     }
-    if (last_saved_ != cfg_.steps && cfg_.steps > start_step_) save_checkpoint(cfg_.steps, /*async=*/false);
+    if (last_saved_ != cfg_.steps && cfg_.steps > start_step_)
+      save_checkpoint(cfg_.steps, /*async=*/false);
     finish_checkpoints();
     const double wall = seconds_since(start);
     JsonLine fin;
@@ -707,8 +722,8 @@ class Trainer {
   const dist::DistContext& ctx_;
   int64_t local_rows_ = 0, micro_ = 0, accum_ = 1, eval_batches_ = 0, tokens_done_ = 0;
   int64_t start_step_ = 0, last_saved_ = -1, bad_steps_total_ = 0;
-  double peak_tflops_ = 0;  // per device, for MFU; 0 = not reported
-  std::string resume_path_;  // rank 0's choice until connect() broadcasts it
+  double peak_tflops_ = 0;                   // per device, for MFU; 0 = not reported
+  std::string resume_path_;                  // rank 0's choice until connect() broadcasts it
   std::unique_ptr<ckpt::DirLock> dir_lock_;  // rank 0: this job owns --ckpt_dir
   std::unique_ptr<ckpt::CheckpointWriter> writer_;
   torch::Tensor host_params_, host_m_, host_v_;  // reused snapshot buffers (host memory)

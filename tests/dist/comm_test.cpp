@@ -36,10 +36,12 @@ TEST(MpiCommunicator, AllReduceBroadcastAllGather) {
 
   // Several asynchronous sums in flight at once, completed by one wait.
   std::vector<torch::Tensor> parts;
-  for (int i = 0; i < 4; ++i) parts.push_back(torch::full({1000 + i}, static_cast<float>(i * (r + 1))));
+  for (int i = 0; i < 4; ++i)
+    parts.push_back(torch::full({1000 + i}, static_cast<float>(i * (r + 1))));
   for (auto& p : parts) comm->allreduce_sum_async(p, "test");
   comm->wait_all();
-  for (int i = 0; i < 4; ++i) EXPECT_TRUE(torch::equal(parts[i], torch::full({1000 + i}, 3.0f * i)));
+  for (int i = 0; i < 4; ++i)
+    EXPECT_TRUE(torch::equal(parts[i], torch::full({1000 + i}, 3.0f * i)));
 }
 
 // Hooks fire in a different order on the two ranks; collectives must still be issued in the same
@@ -49,7 +51,8 @@ TEST(GradReducer, BucketsLaunchInBucketOrderWhateverOrderHooksFire) {
   const int r = ctx().rank;
   const int n = 4;
   std::vector<torch::Tensor> params;
-  for (int i = 0; i < n; ++i) params.push_back(torch::zeros({8}, torch::kFloat).requires_grad_(true));
+  for (int i = 0; i < n; ++i)
+    params.push_back(torch::zeros({8}, torch::kFloat).requires_grad_(true));
   GradReducer reducer(params, *comm, /*bucket_bytes=*/1, r, /*zero=*/false);  // a bucket each
   ASSERT_EQ(reducer.num_buckets(), n);
 
@@ -71,8 +74,8 @@ TEST(GradReducer, BucketsLaunchInBucketOrderWhateverOrderHooksFire) {
   reducer.finish();
 
   std::vector<int> other(n);
-  MPI_Sendrecv(fired.data(), n, MPI_INT, 1 - r, 0, other.data(), n, MPI_INT, 1 - r, 0, MPI_COMM_WORLD,
-               MPI_STATUS_IGNORE);
+  MPI_Sendrecv(fired.data(), n, MPI_INT, 1 - r, 0, other.data(), n, MPI_INT, 1 - r, 0,
+               MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   EXPECT_NE(fired, other) << "the test needs the hooks to fire in different orders on the ranks";
   EXPECT_EQ(reducer.launch_order(), (std::vector<int64_t>{0, 1, 2, 3}));
   for (int i = 0; i < n; ++i) {  // rank 0 contributed (i+1), rank 1 2(i+1)

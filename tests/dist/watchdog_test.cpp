@@ -55,9 +55,11 @@ TEST(Watchdog, AMissedDeadlineNamesTheCollectiveAndTheStep) {
   w.watch("NCCL all-reduce of gradient bucket 2/3", 42, [] { return false; });  // a dead peer
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(wait_for([&] { return f.count() == 1; }, 5000ms));
-  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_GE(waited, 0.09);
-  EXPECT_NE(f.messages[0].find("NCCL all-reduce of gradient bucket 2/3 of step 42"), std::string::npos)
+  EXPECT_NE(f.messages[0].find("NCCL all-reduce of gradient bucket 2/3 of step 42"),
+            std::string::npos)
       << f.messages[0];
   EXPECT_NE(f.messages[0].find("--comm_timeout_s=0.1"), std::string::npos) << f.messages[0];
   EXPECT_TRUE(w.failed());
@@ -69,7 +71,8 @@ TEST(Watchdog, AnAsynchronousErrorFailsAtOnceEvenWithNothingPending) {
   Failures f;
   std::atomic<bool> broken{false};
   Watchdog w(
-      1000.0, [&] { return broken ? std::string("asynchronous error: remote process exited") : ""; },
+      1000.0,
+      [&] { return broken ? std::string("asynchronous error: remote process exited") : ""; },
       [&](const std::string& m) { f.add(m); });
   std::this_thread::sleep_for(20ms);
   EXPECT_EQ(f.count(), 0u);
@@ -81,8 +84,9 @@ TEST(Watchdog, AnAsynchronousErrorFailsAtOnceEvenWithNothingPending) {
 TEST(Watchdog, TheErrorNamesThePendingCollective) {
   Failures f;
   std::atomic<bool> broken{false};
-  Watchdog w(1000.0, [&] { return broken ? std::string("asynchronous error: unhandled") : ""; },
-             [&](const std::string& m) { f.add(m); });
+  Watchdog w(
+      1000.0, [&] { return broken ? std::string("asynchronous error: unhandled") : ""; },
+      [&](const std::string& m) { f.add(m); });
   w.watch("NCCL all-gather of the parameters", 9, [] { return false; });
   broken = true;
   ASSERT_TRUE(wait_for([&] { return f.count() == 1; }, 2000ms));

@@ -17,8 +17,8 @@ void expect_close(const torch::Tensor& got, const torch::Tensor& want, double re
   ASSERT_EQ(got.sizes(), want.sizes()) << what;
   const double scale = want.abs().max().item<double>();
   const double diff = (got - want).abs().max().item<double>();
-  EXPECT_LE(diff, rel * std::max(scale, 1e-30)) << what << ": max abs diff " << diff
-                                                << ", max magnitude " << scale;
+  EXPECT_LE(diff, rel * std::max(scale, 1e-30))
+      << what << ": max abs diff " << diff << ", max magnitude " << scale;
 }
 
 ModelConfig make_config(int64_t V, int64_t d, int64_t L, int64_t h, int64_t pad = -1) {
@@ -120,9 +120,10 @@ TEST(Model, DefaultInitialisationIsPyTorchs) {
   ModelConfig cfg = make_config(40, 32, 1, 4, 5);
   SamOut model(cfg);
   EXPECT_EQ(model->em->weight[5].abs().sum().item<float>(), 0.0f);  // padding row zeroed
-  EXPECT_NEAR(model->em->weight.std().item<float>(), 1.0f, 0.1f);    // N(0, 1)
+  EXPECT_NEAR(model->em->weight.std().item<float>(), 1.0f, 0.1f);   // N(0, 1)
   auto layer = model->decoder_layers[0]->as<DecoderLayer>();
-  const float bound = 1.0f / std::sqrt(32.0f);  // kaiming_uniform(a=sqrt(5)) gives U(+-1/sqrt(fan_in))
+  const float bound =
+      1.0f / std::sqrt(32.0f);  // kaiming_uniform(a=sqrt(5)) gives U(+-1/sqrt(fan_in))
   EXPECT_LE(layer->self_attention->combined->weight.abs().max().item<float>(), bound);
   EXPECT_LE(layer->ffn->ffn1->bias.abs().max().item<float>(), bound);
   EXPECT_EQ(layer->self_attention->alpha3.item<float>(), 0.5f);

@@ -61,7 +61,8 @@ Grads split(const torch::Tensor& y, const torch::Tensor& alphas, const torch::Te
   std::vector<std::thread> threads;
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
-      ContextGroup group{i, n, [&gather, i](const torch::Tensor& x) { return gather.gather(i, x); }};
+      ContextGroup group{i, n,
+                         [&gather, i](const torch::Tensor& x) { return gather.gather(i, x); }};
       auto yl = y.narrow(1, i * Tn, Tn).clone().requires_grad_(true);
       auto al = alphas.clone().requires_grad_(true);
       auto r = cummax_gate_context_parallel(yl, al, group);
@@ -84,7 +85,8 @@ Grads split(const torch::Tensor& y, const torch::Tensor& alphas, const torch::Te
 }
 
 void expect_same(const Grads& got, const Grads& want, const std::string& what) {
-  EXPECT_TRUE(torch::allclose(got.out, want.out, 1e-12, 1e-12, /*equal_nan=*/true)) << what << " out";
+  EXPECT_TRUE(torch::allclose(got.out, want.out, 1e-12, 1e-12, /*equal_nan=*/true))
+      << what << " out";
   EXPECT_TRUE(torch::allclose(got.grad_y, want.grad_y, 1e-10, 1e-10, true))
       << what << " grad y: max diff "
       << (got.grad_y - want.grad_y).abs().nan_to_num(0).max().item<double>();
@@ -131,7 +133,8 @@ TEST(ContextParallelGate, InferenceNeedsNoGraph) {
   for (int i = 0; i < 2; ++i)
     threads.emplace_back([&, i] {
       torch::NoGradGuard no_grad;
-      ContextGroup group{i, 2, [&gather, i](const torch::Tensor& x) { return gather.gather(i, x); }};
+      ContextGroup group{i, 2,
+                         [&gather, i](const torch::Tensor& x) { return gather.gather(i, x); }};
       outs[i] = cummax_gate_context_parallel(y.narrow(1, 4 * i, 4), alphas, group).out;
     });
   for (auto& t : threads) t.join();

@@ -56,7 +56,8 @@ TEST(CrossEntropySum, NoGradAndBadShapes) {
     torch::NoGradGuard ng;
     got = cross_entropy_sum(logits, targets);
   }
-  const auto want = F::cross_entropy(logits, targets, F::CrossEntropyFuncOptions().reduction(torch::kSum));
+  const auto want =
+      F::cross_entropy(logits, targets, F::CrossEntropyFuncOptions().reduction(torch::kSum));
   EXPECT_NEAR(got.item<double>(), want.item<double>(), 1e-5);
   EXPECT_THROW(cross_entropy_sum(logits, targets.narrow(0, 0, 4)), c10::Error);
   EXPECT_THROW(cross_entropy_sum(logits, logits.select(1, 0)), c10::Error);
@@ -78,7 +79,8 @@ TEST(CrossEntropyFused, MatchesTorchInDouble) {
         cross_entropy_forward_cpu(logits, targets, -100, row_loss, &grad, simd);
 
         auto ld = logits.to(torch::kDouble).requires_grad_();
-        auto want = F::cross_entropy(ld, targets, F::CrossEntropyFuncOptions().reduction(torch::kNone));
+        auto want =
+            F::cross_entropy(ld, targets, F::CrossEntropyFuncOptions().reduction(torch::kNone));
         want.sum().backward();
         const std::string where = "V=" + std::to_string(V) + " scale=" + std::to_string(scale) +
                                   " simd=" + std::to_string(simd);
@@ -112,8 +114,8 @@ TEST(CrossEntropyFused, NonFiniteLogits) {
   for (bool simd : {true, false}) {
     torch::Tensor row_loss, grad;
     cross_entropy_forward_cpu(logits, targets, -100, row_loss, &grad, simd);
-    EXPECT_TRUE(std::isnan(row_loss[0].item<float>()));  // NaN propagates, as in torch
-    EXPECT_TRUE(std::isnan(row_loss[1].item<float>()));  // +inf: inf - inf
+    EXPECT_TRUE(std::isnan(row_loss[0].item<float>()));     // NaN propagates, as in torch
+    EXPECT_TRUE(std::isnan(row_loss[1].item<float>()));     // +inf: inf - inf
     EXPECT_TRUE(std::isfinite(row_loss[2].item<float>()));  // -inf is just a zero probability
     EXPECT_LT(grad[2][7].abs().item<float>(), 1e-30f);
     EXPECT_TRUE(grad[0].isnan().all().item<bool>());

@@ -47,10 +47,10 @@ int64_t h200_resident(torch::ScalarType dtype) {
 
 struct Config {
   const char* name;
-  int64_t resident;       // threads the emulated GPU holds at once; 0: h200_resident(dtype)
-  bool vector_forward;    // take the 16-byte path when can_vectorize allows it
+  int64_t resident;     // threads the emulated GPU holds at once; 0: h200_resident(dtype)
+  bool vector_forward;  // take the 16-byte path when can_vectorize allows it
   bool vector_backward;
-  bool reverse_threads;   // run each launch's blocks and threads in reverse order
+  bool reverse_threads;  // run each launch's blocks and threads in reverse order
 };
 
 // One chunk (a GPU far smaller than the work); an H200 on both paths; the most chunks the plan
@@ -97,8 +97,15 @@ AlphaSums<acc_t> emulate_block_partials(std::vector<AlphaSums<acc_t>> s) {
 
 template <typename scalar_t>
 GateArgs<scalar_t> gate_args(const torch::Tensor& y, const torch::Tensor& alphas, ChunkPlan plan) {
-  return {y.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(), y.size(0), y.size(1),
-          y.size(2) / 3, y.stride(0), y.stride(1), plan.K, plan.L};
+  return {y.data_ptr<scalar_t>(),
+          alphas.data_ptr<scalar_t>(),
+          y.size(0),
+          y.size(1),
+          y.size(2) / 3,
+          y.stride(0),
+          y.stride(1),
+          plan.K,
+          plan.L};
 }
 
 template <typename scalar_t>
@@ -167,10 +174,9 @@ void emulate_backward_impl(const torch::Tensor& grad_out, const torch::Tensor& y
     }
     block[th] = AlphaSums<acc_t>{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
     if (has) {
-      block[th] = backward_chunk_thread<scalar_t, VEC>(g, w.b, w.k, w.grp,
-                                                       grad_out.data_ptr<scalar_t>(),
-                                                       chunk_carry.data_ptr<scalar_t>(),
-                                                       grad_y.data_ptr<scalar_t>(), rec);
+      block[th] = backward_chunk_thread<scalar_t, VEC>(
+          g, w.b, w.k, w.grp, grad_out.data_ptr<scalar_t>(), chunk_carry.data_ptr<scalar_t>(),
+          grad_y.data_ptr<scalar_t>(), rec);
     }
   });
   flush();
@@ -215,11 +221,11 @@ Outputs emulate_op(const torch::Tensor& y, const torch::Tensor& alphas, const to
   auto forward = [&](torch::Tensor& out, torch::Tensor& last_m, bool save) {
     out = torch::full({B, T, d}, NAN, y.options());
     last_m = torch::full({B, d}, NAN, y.options());
-    const bool vec = cfg.vector_forward &&
-                     can_vectorize<scalar_t>(d, y.stride(0), y.stride(1),
-                                             {y.data_ptr(), out.data_ptr(),
-                                              state.defined() ? state.data_ptr() : nullptr,
-                                              last_m.data_ptr()});
+    const bool vec =
+        cfg.vector_forward &&
+        can_vectorize<scalar_t>(d, y.stride(0), y.stride(1),
+                                {y.data_ptr(), out.data_ptr(),
+                                 state.defined() ? state.data_ptr() : nullptr, last_m.data_ptr()});
     return vec ? emulate_forward_impl<scalar_t, V>(y, alphas, state, out, last_m, save, resident,
                                                    cfg.reverse_threads)
                : emulate_forward_impl<scalar_t, 1>(y, alphas, state, out, last_m, save, resident,
@@ -234,10 +240,10 @@ Outputs emulate_op(const torch::Tensor& y, const torch::Tensor& alphas, const to
 
   o.grad_y = torch::full({B, T, 3 * d}, NAN, y.options());
   o.grad_alphas = torch::full({5}, NAN, y.options());
-  const bool vec = cfg.vector_backward &&
-                   can_vectorize<scalar_t>(d, y.stride(0), y.stride(1),
-                                           {y.data_ptr(), grad_out.data_ptr(),
-                                            chunk_carry.data_ptr(), o.grad_y.data_ptr()});
+  const bool vec =
+      cfg.vector_backward && can_vectorize<scalar_t>(d, y.stride(0), y.stride(1),
+                                                     {y.data_ptr(), grad_out.data_ptr(),
+                                                      chunk_carry.data_ptr(), o.grad_y.data_ptr()});
   if (vec) {
     emulate_backward_impl<scalar_t, V>(grad_out, y, alphas, chunk_carry, o.grad_y, o.grad_alphas,
                                        cfg.reverse_threads);
@@ -462,8 +468,8 @@ TEST(EmulatedCudaDispatch, VectorPathWhereRowsAreAligned) {
   };
   EXPECT_TRUE(vec(torch::zeros({2, 5, 3 * 512}, f32)));
   EXPECT_TRUE(vec(torch::zeros({2, 5, 3 * 512}, bf16)));
-  EXPECT_TRUE(vec(torch::zeros({2, 5, 3 * 100}, f32)));     // d = 100: 4 | d
-  EXPECT_FALSE(vec(torch::zeros({2, 5, 3 * 100}, bf16)));   // 8 does not divide 100
+  EXPECT_TRUE(vec(torch::zeros({2, 5, 3 * 100}, f32)));    // d = 100: 4 | d
+  EXPECT_FALSE(vec(torch::zeros({2, 5, 3 * 100}, bf16)));  // 8 does not divide 100
   EXPECT_FALSE(vec(torch::zeros({2, 5, 3 * 13}, f32)));
   EXPECT_FALSE(vec(torch::zeros({2, 5, 3 * 67 + 7}, f32).narrow(2, 3, 3 * 67)));
   EXPECT_TRUE(vec(torch::zeros({2, 5, 3 * 24 + 16}, f32).narrow(2, 8, 3 * 24)));
@@ -546,8 +552,8 @@ TEST(EmulatedCudaPieces, BenchmarkShapesFillOneWave) {
       const Launch l = dt == torch::kFloat ? forward_launch<4>(s.B, s.T, s.d, resident)
                                            : forward_launch<8>(s.B, s.T, s.d, resident);
       const int64_t threads = l.grid.blocks * kThreads;
-      SCOPED_TRACE(std::to_string(s.B) + "x" + std::to_string(s.T) + " " + dtype_name(dt) +
-                   ": K " + std::to_string(l.plan.K) + ", L " + std::to_string(l.plan.L) + ", " +
+      SCOPED_TRACE(std::to_string(s.B) + "x" + std::to_string(s.T) + " " + dtype_name(dt) + ": K " +
+                   std::to_string(l.plan.K) + ", L " + std::to_string(l.plan.L) + ", " +
                    std::to_string(l.grid.blocks) + " blocks");
       EXPECT_LE(threads, resident);
       EXPECT_GE(threads, 0.85 * resident);

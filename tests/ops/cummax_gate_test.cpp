@@ -129,16 +129,18 @@ TEST(CummaxGate, FloatAndBFloat16FollowDouble) {
   auto ref = cummax_gate(y, alphas, {}, GateImpl::kComposite).out;
   auto f32 = cummax_gate(y.to(torch::kFloat), alphas.to(torch::kFloat), {}, GateImpl::kFused).out;
   EXPECT_TRUE(torch::allclose(f32.to(torch::kDouble), ref, 1e-5, 1e-5));
-  auto bf = cummax_gate(y.to(torch::kBFloat16), alphas.to(torch::kBFloat16), {}, GateImpl::kFused).out;
-  auto ref_bf = cummax_gate(y.to(torch::kBFloat16).to(torch::kDouble),
-                            alphas.to(torch::kBFloat16).to(torch::kDouble), {}, GateImpl::kComposite)
-                    .out;
+  auto bf =
+      cummax_gate(y.to(torch::kBFloat16), alphas.to(torch::kBFloat16), {}, GateImpl::kFused).out;
+  auto ref_bf =
+      cummax_gate(y.to(torch::kBFloat16).to(torch::kDouble),
+                  alphas.to(torch::kBFloat16).to(torch::kDouble), {}, GateImpl::kComposite)
+          .out;
   EXPECT_TRUE(torch::allclose(bf.to(torch::kDouble), ref_bf, 2e-2, 2e-2));
 }
 
 TEST(CummaxGate, RejectsBadShapes) {
   auto alphas = torch::rand({5});
-  EXPECT_THROW(cummax_gate(torch::rand({2, 3, 7}), alphas), c10::Error);       // 7 not 3d
+  EXPECT_THROW(cummax_gate(torch::rand({2, 3, 7}), alphas), c10::Error);  // 7 not 3d
   EXPECT_THROW(cummax_gate(torch::rand({2, 3, 6}), torch::rand({4})), c10::Error);
   EXPECT_THROW(cummax_gate(torch::rand({2, 3, 6}), alphas, torch::rand({2, 3})), c10::Error);
   EXPECT_THROW(parse_gate_impl("fastest"), std::exception);

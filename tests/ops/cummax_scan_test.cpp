@@ -56,7 +56,8 @@ struct Scanned {
   double last, ds;
 };
 
-Scanned reference(const std::vector<double>& c, double s, const std::vector<double>& gm, int64_t L) {
+Scanned reference(const std::vector<double>& c, double s, const std::vector<double>& gm,
+                  int64_t L) {
   const int64_t T = static_cast<int64_t>(c.size());
   const int64_t K = scan::num_chunks(T, L);
   Scanned r;
@@ -99,11 +100,21 @@ RandomCase random_case(std::mt19937& rng, bool integer_gm) {
     rc.c[std::uniform_int_distribution<int>(0, T - 1)(rng)] = kNaN;
   }
   switch (coin(rng) % 5) {
-    case 0: rc.s = -kInf; break;                                                  // no state
-    case 1: rc.s = kNaN; break;                                                   // a NaN state
-    case 2: rc.s = rc.c[std::uniform_int_distribution<int>(0, T - 1)(rng)]; break;  // a tie
-    case 3: rc.s = 6; break;                                                      // above all
-    default: rc.s = val(rng); break;
+    case 0:
+      rc.s = -kInf;
+      break;  // no state
+    case 1:
+      rc.s = kNaN;
+      break;  // a NaN state
+    case 2:
+      rc.s = rc.c[std::uniform_int_distribution<int>(0, T - 1)(rng)];
+      break;  // a tie
+    case 3:
+      rc.s = 6;
+      break;  // above all
+    default:
+      rc.s = val(rng);
+      break;
   }
   return rc;
 }
@@ -215,7 +226,8 @@ TEST(CummaxScan, SlicesOfManySequences) {
       last[j] = scan::forward_carries(&M[j], K, s[j], &C[j], lanes);
     for (int64_t k = 0; k < K; ++k)
       for (int64_t j = 0; j < lanes; ++j)
-        scan::chunk_forward(&c[k * L * lanes + j], L, C[k * lanes + j], &m[k * L * lanes + j], lanes);
+        scan::chunk_forward(&c[k * L * lanes + j], L, C[k * lanes + j], &m[k * L * lanes + j],
+                            lanes);
     // Backward.
     std::vector<double> G(K * lanes), R1(K * lanes), R2(K * lanes), dc(T * lanes), ds(lanes);
     std::unique_ptr<bool[]> full(new bool[K * lanes]);
@@ -291,8 +303,8 @@ struct KernelCase {
 // Shapes around the kernel's chunk (256 steps) and tile (512 channels), with (b, tile) counts from 1
 // to 12: at 1, 2 and 3 threads each one runs serially over time at some thread counts and
 // time-parallel at others (time-parallel below 4 (b, tile) pairs a thread).
-const KernelCase kKernelCases[] = {{1, 1000, 70}, {4, 700, 64},  {1, 257, 600}, {3, 513, 1030},
-                                   {2, 256, 5},   {5, 1100, 3},  {7, 300, 16},  {12, 600, 8},
+const KernelCase kKernelCases[] = {{1, 1000, 70}, {4, 700, 64}, {1, 257, 600}, {3, 513, 1030},
+                                   {2, 256, 5},   {5, 1100, 3}, {7, 300, 16},  {12, 600, 8},
                                    {1, 5, 600},   {2, 2049, 33}};
 
 // Integer inputs and alphas that are multiples of 1/4, in double: every product and sum the op
@@ -387,8 +399,9 @@ TEST(CummaxGateScan, BitwiseAtAnyThreadCount) {
         EXPECT_TRUE(torch::equal(got.grad_alphas, first.grad_alphas));
       }
       // And close to the double composite (the kernel's sums over chunks of 256 steps).
-      const GateOut ref = gate(GateImpl::kComposite, y.to(torch::kDouble), alphas.to(torch::kDouble),
-                               state.to(torch::kDouble), g.to(torch::kDouble));
+      const GateOut ref =
+          gate(GateImpl::kComposite, y.to(torch::kDouble), alphas.to(torch::kDouble),
+               state.to(torch::kDouble), g.to(torch::kDouble));
       const double tol = dtype == torch::kFloat ? 1e-4 : 5e-2;
       auto rel = [](const torch::Tensor& a, const torch::Tensor& b) {
         return ((a.to(torch::kDouble) - b).abs().max() / (1 + b.abs().max())).item<double>();

@@ -14,7 +14,9 @@ struct Params {
 };
 
 Params make_params(int64_t d, int64_t f, int64_t d_out, torch::Dtype dtype) {
-  auto r = [&](std::vector<int64_t> s) { return (0.3 * torch::randn(s)).to(dtype).requires_grad_(); };
+  auto r = [&](std::vector<int64_t> s) {
+    return (0.3 * torch::randn(s)).to(dtype).requires_grad_();
+  };
   return {r({f, d}), r({f}), r({f, d}), r({f}), r({d_out, f}), r({d_out})};
 }
 

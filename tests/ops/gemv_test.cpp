@@ -114,8 +114,8 @@ TEST(Gemv, OtherCasesGoToLinear) {
   // Double, and a transposed (non-contiguous) weight.
   const auto xd = torch::randn({2, 24}, torch::kDouble);
   EXPECT_FALSE(linear_rows_fast(xd, w.to(torch::kDouble), b.to(torch::kDouble)));
-  expect_close(linear_rows(xd, w.to(torch::kDouble), b.to(torch::kDouble)),
-               reference(xd, w, b), "double");
+  expect_close(linear_rows(xd, w.to(torch::kDouble), b.to(torch::kDouble)), reference(xd, w, b),
+               "double");
   const auto wt = torch::randn({24, 33}).t();
   const auto x2 = torch::randn({2, 24});
   EXPECT_FALSE(linear_rows_fast(x2, wt, b));
@@ -136,8 +136,7 @@ TEST(Gemv, OtherCasesGoToLinear) {
 
 TEST(Gemv, ReportsItsKernel) {
 #if defined(__x86_64__)
-  EXPECT_EQ(gemv_has_avx2(),
-            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+  EXPECT_EQ(gemv_has_avx2(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
 #else
   EXPECT_FALSE(gemv_has_avx2());
 #endif

@@ -201,12 +201,12 @@ TEST(MixNorm, Fp32CpuTakesTheFusedKernel) {
 
 TEST(MixNorm, BadShapesAreRefused) {
   const auto f = torch::randn({3, 8});
-  EXPECT_THROW(mix_layer_norm(f, f, torch::ones({2}), torch::ones({8}), torch::zeros({8}), kEps,
-                              false),
-               c10::Error);
-  EXPECT_THROW(mix_layer_norm(f, f, torch::tensor(0.5f), torch::ones({7}), torch::zeros({8}), kEps,
-                              false),
-               c10::Error);
+  EXPECT_THROW(
+      mix_layer_norm(f, f, torch::ones({2}), torch::ones({8}), torch::zeros({8}), kEps, false),
+      c10::Error);
+  EXPECT_THROW(
+      mix_layer_norm(f, f, torch::tensor(0.5f), torch::ones({7}), torch::zeros({8}), kEps, false),
+      c10::Error);
 }
 
 TEST(MixNorm, NoGradForwardMatches) {
@@ -214,10 +214,9 @@ TEST(MixNorm, NoGradForwardMatches) {
   const auto in = make_inputs(70, 64);
   torch::NoGradGuard ng;
   const auto got = mix_layer_norm(in.f, in.x, in.alpha, in.gamma, in.beta, kEps, true);
-  const auto want = mix_layer_norm_composite(in.f.to(torch::kDouble), in.x.to(torch::kDouble),
-                                             in.alpha.to(torch::kDouble),
-                                             in.gamma.to(torch::kDouble),
-                                             in.beta.to(torch::kDouble), kEps, true);
+  const auto want = mix_layer_norm_composite(
+      in.f.to(torch::kDouble), in.x.to(torch::kDouble), in.alpha.to(torch::kDouble),
+      in.gamma.to(torch::kDouble), in.beta.to(torch::kDouble), kEps, true);
   EXPECT_LT(rel_err(got, want), 2e-5);
 }
 

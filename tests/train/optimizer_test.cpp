@@ -29,8 +29,8 @@ double compare_with_torch(bool decoupled, double wd, int64_t n, int steps) {
     theirs = std::make_unique<torch::optim::AdamW>(
         std::vector<torch::Tensor>{ref}, torch::optim::AdamWOptions(1e-2).weight_decay(wd));
   else
-    theirs = std::make_unique<torch::optim::Adam>(
-        std::vector<torch::Tensor>{ref}, torch::optim::AdamOptions(1e-2).weight_decay(wd));
+    theirs = std::make_unique<torch::optim::Adam>(std::vector<torch::Tensor>{ref},
+                                                  torch::optim::AdamOptions(1e-2).weight_decay(wd));
   for (int s = 0; s < steps; ++s) {
     auto g = torch::randn({n});
     grads.copy_(g);

@@ -15,8 +15,8 @@
 // save leaves only a .tmp- folder, which the next start removes.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <condition_variable>
 #include <memory>
@@ -32,11 +32,11 @@ namespace samout::ckpt {
 
 // What one rank contributes, already copied into host memory (the only part a save stalls on).
 struct Snapshot {
-  int64_t step = 0;            // optimizer steps completed
-  data::Cursor cursor;         // loader cursor of the next batch
-  nlohmann::json run;          // flags that shape the model and the run (rank 0)
-  std::string rng_state;       // torch CPU generator state bytes (rank 0)
-  std::string tokenizer;       // serialized SentencePiece model (rank 0; "" = none)
+  int64_t step = 0;       // optimizer steps completed
+  data::Cursor cursor;    // loader cursor of the next batch
+  nlohmann::json run;     // flags that shape the model and the run (rank 0)
+  std::string rng_state;  // torch CPU generator state bytes (rank 0)
+  std::string tokenizer;  // serialized SentencePiece model (rank 0; "" = none)
   std::vector<std::pair<std::string, torch::Tensor>> weights;  // rank 0 only; empty elsewhere
   torch::Tensor flat_weights;  // rank 0: every weight in one buffer (the views above point into
                                // it); a non-finite value in it cancels the checkpoint

@@ -13,7 +13,8 @@
 
 namespace samout::ckpt {
 
-void write_weights(const std::string& path, const torch::OrderedDict<std::string, torch::Tensor>& named);
+void write_weights(const std::string& path,
+                   const torch::OrderedDict<std::string, torch::Tensor>& named);
 
 // The same weights as a file Python's torch.load reads into a dict {name: tensor}, which the seed's
 // SamOut takes with load_state_dict (written by torch::pickle_save; temporary name and rename).

@@ -26,7 +26,8 @@ struct LoaderConfig {
   int rank = 0, world = 1;   // this rank takes rows [rank*G/W, (rank+1)*G/W) of each global batch
   uint64_t seed = 0;         // shuffle key
   int prefetch = 4;          // batches read ahead by the background thread (0 = synchronous)
-  int64_t vocab_size = 0;    // required for random:, checked against the corpus otherwise (0 = take corpus's)
+  // required for random:, checked against the corpus otherwise (0 = take corpus's)
+  int64_t vocab_size = 0;
   // Corpora of at most this many tokens are scanned in full at open() for ids >= vocab_size (a
   // 1 GiB scan costs about a second); larger ones are checked window by window as they are read.
   int64_t verify_tokens_max = int64_t{1} << 29;
@@ -41,19 +42,24 @@ struct Cursor {  // step within epoch of the NEXT batch
 struct Batch {
   std::vector<int32_t> tokens;  // [rows, seq_len+1] row-major, this rank's slice
   int64_t rows = 0, cols = 0;
-  Cursor cursor;                // where this batch came from
-  std::vector<int64_t> windows; // [rows] the window index of each row (for tests and debugging)
+  Cursor cursor;                 // where this batch came from
+  std::vector<int64_t> windows;  // [rows] the window index of each row (for tests and debugging)
 };
 
 class Loader {
  public:
-  static std::unique_ptr<Loader> open(const LoaderConfig& cfg);  // throws samout::UsageError on bad input
+  // Throws samout::UsageError on bad input.
+  static std::unique_ptr<Loader> open(const LoaderConfig& cfg);
   virtual ~Loader();
-  Batch next();                       // this rank's slice of the next global batch; epochs roll over
-  Cursor cursor() const;              // cursor of the next batch to be returned
-  void seek(const Cursor& c);         // resume: next() returns the batch at c
-  int64_t vocab_size() const; int64_t pad_id() const; int64_t bos_id() const; int64_t eos_id() const;
-  int64_t windows_per_epoch() const;  int64_t steps_per_epoch() const;  // floor(windows / G)
+  Batch next();                // this rank's slice of the next global batch; epochs roll over
+  Cursor cursor() const;       // cursor of the next batch to be returned
+  void seek(const Cursor& c);  // resume: next() returns the batch at c
+  int64_t vocab_size() const;
+  int64_t pad_id() const;
+  int64_t bos_id() const;
+  int64_t eos_id() const;
+  int64_t windows_per_epoch() const;
+  int64_t steps_per_epoch() const;             // floor(windows / G)
   const std::string& tokenizer_model() const;  // serialized SentencePiece model ("" for random:)
   const std::string& spec() const;             // LoaderConfig::spec, for messages
 

@@ -16,27 +16,27 @@ namespace samout::dist {
 
 }  // namespace samout::dist
 
-#define SAMOUT_MPI_CHECK(call)                                                              \
-  do {                                                                                      \
-    const int samout_rc_ = (call);                                                          \
-    if (samout_rc_ != MPI_SUCCESS) {                                                        \
-      char samout_msg_[MPI_MAX_ERROR_STRING];                                               \
-      int samout_len_ = 0;                                                                  \
-      MPI_Error_string(samout_rc_, samout_msg_, &samout_len_);                              \
+#define SAMOUT_MPI_CHECK(call)                                                                     \
+  do {                                                                                             \
+    const int samout_rc_ = (call);                                                                 \
+    if (samout_rc_ != MPI_SUCCESS) {                                                               \
+      char samout_msg_[MPI_MAX_ERROR_STRING];                                                      \
+      int samout_len_ = 0;                                                                         \
+      MPI_Error_string(samout_rc_, samout_msg_, &samout_len_);                                     \
       ::samout::dist::fail_call(#call, __FILE__, __LINE__, std::string(samout_msg_, samout_len_)); \
-    }                                                                                       \
+    }                                                                                              \
   } while (0)
 
-#define SAMOUT_CUDA_CHECK(call)                                                     \
-  do {                                                                              \
-    const cudaError_t samout_rc_ = (call);                                          \
-    if (samout_rc_ != cudaSuccess)                                                  \
+#define SAMOUT_CUDA_CHECK(call)                                                             \
+  do {                                                                                      \
+    const cudaError_t samout_rc_ = (call);                                                  \
+    if (samout_rc_ != cudaSuccess)                                                          \
       ::samout::dist::fail_call(#call, __FILE__, __LINE__, cudaGetErrorString(samout_rc_)); \
   } while (0)
 
-#define SAMOUT_NCCL_CHECK(call)                                                     \
-  do {                                                                              \
-    const ncclResult_t samout_rc_ = (call);                                         \
-    if (samout_rc_ != ncclSuccess)                                                  \
+#define SAMOUT_NCCL_CHECK(call)                                                             \
+  do {                                                                                      \
+    const ncclResult_t samout_rc_ = (call);                                                 \
+    if (samout_rc_ != ncclSuccess)                                                          \
       ::samout::dist::fail_call(#call, __FILE__, __LINE__, ncclGetErrorString(samout_rc_)); \
   } while (0)

@@ -18,7 +18,7 @@ enum class CommKind { kMpi, kNccl };
 struct DistContext {
   int rank = 0, world = 1;              // in MPI_COMM_WORLD
   int local_rank = 0, local_world = 1;  // among the ranks on this node (MPI_COMM_TYPE_SHARED)
-  torch::Device device = torch::kCPU;   // one GPU per local rank (or shared, --comm=mpi), or the CPU
+  torch::Device device = torch::kCPU;  // one GPU per local rank (or shared, --comm=mpi), or the CPU
   CommKind comm = CommKind::kMpi;
   std::string host;
 

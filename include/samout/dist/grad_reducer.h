@@ -30,8 +30,8 @@ namespace samout::dist {
 class GradReducer {
  public:
   // Moves the parameters' storage into the flat buffer (values kept) and installs the hooks.
-  GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes,
-              int rank, bool zero);
+  GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes, int rank,
+              bool zero);
   ~GradReducer();
   GradReducer(const GradReducer&) = delete;
   GradReducer& operator=(const GradReducer&) = delete;
@@ -65,7 +65,7 @@ class GradReducer {
   struct Bucket {
     int64_t begin = 0, end = 0;  // range in the flat buffers
     int64_t num_params = 0;
-    int64_t waiting = 0;         // gradients not yet produced in the current backward
+    int64_t waiting = 0;  // gradients not yet produced in the current backward
   };
   void on_grad_ready(int64_t bucket);
   void launch(int64_t index);
@@ -74,7 +74,8 @@ class GradReducer {
   std::vector<torch::Tensor> params_;
   torch::Tensor flat_params_, flat_grads_;
   std::vector<Bucket> buckets_;
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keeps the hooked nodes alive
+  // Keeps the hooked nodes alive.
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   bool sync_ = true;
   int64_t next_launch_ = 0;            // buckets before it are launched this backward
   std::vector<int64_t> launch_order_;  // cleared by begin_backward

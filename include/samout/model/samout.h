@@ -24,7 +24,8 @@ class MaxStateSuperImpl : public torch::nn::Module {
  public:
   MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate);
   // x: (B, T, d); state: (B, d) or undefined. Returns (out (B, T, d), new state (B, d)).
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, const torch::Tensor& state);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
+                                                  const torch::Tensor& state);
   // (5,) view of alpha1..alpha5, the layout cummax_gate takes.
   torch::Tensor alphas() const;
 
@@ -48,7 +49,8 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl gate);
   // LayerNorm(alpha * FFN(MaxStateSuper(x)) + (1 - alpha) * x); returns the new state too.
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x, const torch::Tensor& state);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
+                                                  const torch::Tensor& state);
   // forward's output plus x (SamOut's outer residual), added in the same pass as the LayerNorm.
   std::pair<torch::Tensor, torch::Tensor> forward_residual(const torch::Tensor& x,
                                                            const torch::Tensor& state);

@@ -47,8 +47,8 @@ GateResult cummax_gate_composite(const torch::Tensor& y, const torch::Tensor& al
 // CPU: the forward saves for the backward m_saved (B, T, d), the running max.
 // Forward: writes out and m_saved (m_saved may be undefined when no backward will follow).
 void cummax_gate_forward_cpu(const torch::Tensor& y, const torch::Tensor& alphas,
-                             const torch::Tensor& state, torch::Tensor& out,
-                             torch::Tensor& m_saved, torch::Tensor& last_m);
+                             const torch::Tensor& state, torch::Tensor& out, torch::Tensor& m_saved,
+                             torch::Tensor& last_m);
 // Backward: given dL/dout, writes dL/dy (B, T, 3d) and dL/dalphas (5,).
 void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor& y,
                               const torch::Tensor& alphas, const torch::Tensor& m_saved,

@@ -229,7 +229,8 @@ SAMOUT_HD T reference_forward(const T* c, int64_t n, T s, int64_t L, T* m, T* wo
   const int64_t K = num_chunks(n, L);
   for (int64_t k = 0; k < K; ++k) work[k] = chunk_max(c + k * L, chunk_length(n, L, k));
   const T last = forward_carries(work, K, s, work);  // work: M -> C
-  for (int64_t k = 0; k < K; ++k) chunk_forward(c + k * L, chunk_length(n, L, k), work[k], m + k * L);
+  for (int64_t k = 0; k < K; ++k)
+    chunk_forward(c + k * L, chunk_length(n, L, k), work[k], m + k * L);
   return last;
 }
 

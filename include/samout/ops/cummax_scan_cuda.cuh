@@ -62,13 +62,13 @@ namespace samout::ops::gate_cuda {
 
 // ---- Sizes ----------------------------------------------------------------------------------------
 
-constexpr int kThreads = 128;          // threads per block, every kernel
+constexpr int kThreads = 128;  // threads per block, every kernel
 constexpr int kWarp = 32;
-constexpr int64_t kMaxChunks = 128;    // bounds the carry fold of phase 2+3 (k summaries per thread)
-constexpr int64_t kChunkAlign = 16;    // chunk lengths are multiples of this (every TILE divides it)
-constexpr int kSummaryTile = 8;        // steps per tile: summaries (1 load a step)
-constexpr int kOutputTile = 4;         // outputs (3 loads a step)
-constexpr int kBackwardTile = 2;       // backward chunks (4 loads a step)
+constexpr int64_t kMaxChunks = 128;  // bounds the carry fold of phase 2+3 (k summaries per thread)
+constexpr int64_t kChunkAlign = 16;  // chunk lengths are multiples of this (every TILE divides it)
+constexpr int kSummaryTile = 8;      // steps per tile: summaries (1 load a step)
+constexpr int kOutputTile = 4;       // outputs (3 loads a step)
+constexpr int kBackwardTile = 2;     // backward chunks (4 loads a step)
 static_assert(kChunkAlign % kSummaryTile == 0 && kChunkAlign % kOutputTile == 0 &&
                   kChunkAlign % kBackwardTile == 0,
               "tiles must divide the chunk length");
@@ -211,7 +211,7 @@ inline int64_t carry_blocks(int64_t B, int64_t d, int64_t K) {
 
 template <typename scalar_t>
 struct GateArgs {
-  const scalar_t* y;  // (B, T, 3d) at strides (sB, sT, 1): a at +0, b at +d, c at +2d
+  const scalar_t* y;       // (B, T, 3d) at strides (sB, sT, 1): a at +0, b at +d, c at +2d
   const scalar_t* alphas;  // (5,): alpha1..alpha5
   int64_t B, T, d, sB, sT;
   int64_t K, L;  // the chunks
@@ -246,13 +246,12 @@ struct Tile {
 
 // Loads the tile starting at step t of each stream (stream i at base[i] + t * stride[i]).
 template <typename scalar_t, int VEC, int TILE, int NPTR>
-SAMOUT_HD void load_tile(Tile<scalar_t, VEC, TILE, NPTR>& tile,
-                                const scalar_t* const (&base)[NPTR],
-                                const int64_t (&stride)[NPTR], int64_t t, int64_t end) {
-SAMOUT_UNROLL
+SAMOUT_HD void load_tile(Tile<scalar_t, VEC, TILE, NPTR>& tile, const scalar_t* const (&base)[NPTR],
+                         const int64_t (&stride)[NPTR], int64_t t, int64_t end) {
+  SAMOUT_UNROLL
   for (int s = 0; s < TILE; ++s) {
     if (t + s < end) {
-SAMOUT_UNROLL
+      SAMOUT_UNROLL
       for (int i = 0; i < NPTR; ++i) tile.x[i][s] = load_pack<VEC>(base[i] + (t + s) * stride[i]);
     }
   }
@@ -264,7 +263,7 @@ SAMOUT_UNROLL
 // scalar_t (a maximum is one of the inputs).
 template <typename scalar_t, int VEC>
 SAMOUT_HD void summary_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k, int64_t grp,
-                                     scalar_t* __restrict__ summaries) {
+                              scalar_t* __restrict__ summaries) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int TILE = kSummaryTile;
   const int64_t j0 = grp * VEC;
@@ -272,23 +271,23 @@ SAMOUT_HD void summary_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k,
   const scalar_t* const base[1] = {g.y + b * g.sB + 2 * g.d + j0};
   const int64_t stride[1] = {g.sT};
   acc_t m[VEC];
-SAMOUT_UNROLL
+  SAMOUT_UNROLL
   for (int v = 0; v < VEC; ++v) m[v] = scan::neg_inf<acc_t>();
   Tile<scalar_t, VEC, TILE, 1> cur, next;
   load_tile(cur, base, stride, t0, t1);
   for (int64_t t = t0; t < t1; t += TILE) {
     if (t + TILE < t1) load_tile(next, base, stride, t + TILE, t1);
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int s = 0; s < TILE; ++s) {
       if (t + s < t1) {
-SAMOUT_UNROLL
+        SAMOUT_UNROLL
         for (int v = 0; v < VEC; ++v) m[v] = scan::take_max(m[v], acc_t(cur.x[0][s].v[v]));
       }
     }
     cur = next;
   }
   Pack<scalar_t, VEC> out;
-SAMOUT_UNROLL
+  SAMOUT_UNROLL
   for (int v = 0; v < VEC; ++v) out.v[v] = scalar_t(m[v]);
   store_pack<VEC>(summaries + (b * g.K + k) * g.d + j0, out);
 }
@@ -301,10 +300,9 @@ SAMOUT_UNROLL
 // by the last chunk.
 template <typename scalar_t, int VEC>
 SAMOUT_HD void output_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k, int64_t grp,
-                                    const scalar_t* __restrict__ state,
-                                    const scalar_t* __restrict__ summaries,
-                                    scalar_t* __restrict__ out, scalar_t* __restrict__ chunk_carry,
-                                    scalar_t* __restrict__ last_m) {
+                             const scalar_t* __restrict__ state,
+                             const scalar_t* __restrict__ summaries, scalar_t* __restrict__ out,
+                             scalar_t* __restrict__ chunk_carry, scalar_t* __restrict__ last_m) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int TILE = kOutputTile;
   const int64_t j0 = grp * VEC;
@@ -318,10 +316,10 @@ SAMOUT_HD void output_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k, 
   acc_t m[VEC];
   if (state != nullptr) {
     const Pack<scalar_t, VEC> s = load_pack<VEC>(state + b * g.d + j0);
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int v = 0; v < VEC; ++v) m[v] = acc_t(s.v[v]);
   } else {
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int v = 0; v < VEC; ++v) m[v] = scan::neg_inf<acc_t>();
   }
   {
@@ -330,14 +328,14 @@ SAMOUT_UNROLL
     constexpr int kBatch = VEC >= 8 ? 8 : 16;
     for (int64_t kk = 0; kk < k; kk += kBatch) {
       Pack<scalar_t, VEC> s[kBatch];
-SAMOUT_UNROLL
+      SAMOUT_UNROLL
       for (int i = 0; i < kBatch; ++i) {
         if (kk + i < k) s[i] = load_pack<VEC>(sum_b + (kk + i) * g.d);
       }
-SAMOUT_UNROLL
+      SAMOUT_UNROLL
       for (int i = 0; i < kBatch; ++i) {
         if (kk + i < k) {
-SAMOUT_UNROLL
+          SAMOUT_UNROLL
           for (int v = 0; v < VEC; ++v) m[v] = scan::combine(m[v], acc_t(s[i].v[v]));
         }
       }
@@ -345,7 +343,7 @@ SAMOUT_UNROLL
   }
   if (chunk_carry != nullptr) {
     Pack<scalar_t, VEC> c;
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int v = 0; v < VEC; ++v) c.v[v] = scalar_t(m[v]);
     store_pack<VEC>(chunk_carry + (b * g.K + k) * g.d + j0, c);
   }
@@ -354,11 +352,11 @@ SAMOUT_UNROLL
   scalar_t* ob = out + b * g.T * g.d + j0;
   for (int64_t t = t0; t < t1; t += TILE) {
     if (t + TILE < t1) load_tile(next, base, stride, t + TILE, t1);
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int s = 0; s < TILE; ++s) {
       if (t + s < t1) {
         Pack<scalar_t, VEC> o;
-SAMOUT_UNROLL
+        SAMOUT_UNROLL
         for (int v = 0; v < VEC; ++v) {
           const acc_t av = acc_t(cur.x[0][s].v[v]), bv = acc_t(cur.x[1][s].v[v]),
                       cv = acc_t(cur.x[2][s].v[v]);
@@ -372,7 +370,7 @@ SAMOUT_UNROLL
   }
   if (last_m != nullptr && k == g.K - 1) {
     Pack<scalar_t, VEC> l;
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int v = 0; v < VEC; ++v) l.v[v] = scalar_t(m[v]);
     store_pack<VEC>(last_m + b * g.d + j0, l);
   }
@@ -458,7 +456,7 @@ SAMOUT_HD AlphaSums<at::opmath_type<scalar_t>> backward_chunk_thread(
   OwnerWalk<acc_t> walk[VEC];
   {
     const Pack<scalar_t, VEC> c = load_pack<VEC>(chunk_carry + (b * g.K + k) * d + j0);
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int v = 0; v < VEC; ++v) {
       m[v] = acc_t(c.v[v]);
       walk[v] = owner_walk_start<acc_t>();
@@ -469,12 +467,12 @@ SAMOUT_UNROLL
   scalar_t* dcb = grad_y + b * g.T * 3 * d + 2 * d + j0;  // dc of row t at dcb + t * 3d
   for (int64_t t = t0; t < t1; t += TILE) {
     if (t + TILE < t1) load_tile(next, base, stride, t + TILE, t1);
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int s = 0; s < TILE; ++s) {
       const int64_t ts = t + s;
       if (ts < t1) {
         Pack<scalar_t, VEC> da, db, dc;
-SAMOUT_UNROLL
+        SAMOUT_UNROLL
         for (int v = 0; v < VEC; ++v) {
           const acc_t av = acc_t(cur.x[0][s].v[v]), bv = acc_t(cur.x[1][s].v[v]),
                       cv = acc_t(cur.x[2][s].v[v]), gv = acc_t(cur.x[3][s].v[v]);
@@ -484,9 +482,9 @@ SAMOUT_UNROLL
           db.v[v] = scalar_t(gv * (mv + co.a1));
           int32_t pos;
           acc_t val;
-          dc.v[v] = scalar_t(owner_walk_step(walk[v], static_cast<int32_t>(ts),
-                                             scan::is_argmax(cv, mv), gv * (mv + co.a4),
-                                             gv * (av + bv + cv + co.a25), pos, val));
+          dc.v[v] =
+              scalar_t(owner_walk_step(walk[v], static_cast<int32_t>(ts), scan::is_argmax(cv, mv),
+                                       gv * (mv + co.a4), gv * (av + bv + cv + co.a25), pos, val));
           if (pos >= 0) dcb[static_cast<int64_t>(pos) * 3 * d + v] = scalar_t(val);
           sums.v[0] += gv * bv;
           sums.v[1] += gv * mv;
@@ -502,7 +500,7 @@ SAMOUT_UNROLL
     cur = next;
   }
   const int64_t r0 = (b * g.K + k) * d + j0;
-SAMOUT_UNROLL
+  SAMOUT_UNROLL
   for (int v = 0; v < VEC; ++v) {
     // The stretch open at the chunk's end, as if later chunks sent nothing (the carry pass adds
     // R_{k+1} when they do).
@@ -522,9 +520,8 @@ SAMOUT_UNROLL
 // each chunk's end with what the later chunks send it. Loads run four chunks ahead.
 template <typename scalar_t, typename acc_t>
 SAMOUT_HD void carry_thread(int64_t T, int64_t d, int64_t K, const acc_t* __restrict__ carried,
-                                   const acc_t* __restrict__ open_sum,
-                                   const int32_t* __restrict__ owner, scalar_t* __restrict__ grad_y,
-                                   int64_t b, int64_t j) {
+                            const acc_t* __restrict__ open_sum, const int32_t* __restrict__ owner,
+                            scalar_t* __restrict__ grad_y, int64_t b, int64_t j) {
   constexpr int kBatch = 4;
   acc_t R = acc_t(0);  // R_{k+1}: what chunks after k send to the owner of chunk k's end
   const int64_t rb = b * K * d + j;
@@ -532,7 +529,7 @@ SAMOUT_HD void carry_thread(int64_t T, int64_t d, int64_t K, const acc_t* __rest
   for (int64_t k0 = K - 1; k0 >= 0; k0 -= kBatch) {
     acc_t gk[kBatch], dk[kBatch];
     int32_t ek[kBatch];
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int i = 0; i < kBatch; ++i) {
       if (k0 - i >= 0) {
         const int64_t r = rb + (k0 - i) * d;
@@ -541,7 +538,7 @@ SAMOUT_UNROLL
         ek[i] = owner[r];
       }
     }
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int i = 0; i < kBatch; ++i) {
       if (k0 - i >= 0) {
         const bool full = ek[i] < 0;
@@ -559,10 +556,10 @@ SAMOUT_UNROLL
 // the threads' sums in a fixed tree. partials: (n, 4).
 template <typename acc_t>
 SAMOUT_HD AlphaSums<acc_t> strided_partial_sums(const acc_t* __restrict__ partials, int64_t n,
-                                                       int tid, int nthreads) {
+                                                int tid, int nthreads) {
   AlphaSums<acc_t> s{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
   for (int64_t i = tid; i < n; i += nthreads) {
-SAMOUT_UNROLL
+    SAMOUT_UNROLL
     for (int q = 0; q < 4; ++q) s.v[q] += partials[i * 4 + q];
   }
   return s;

@@ -44,8 +44,8 @@ bool linear_rows_fast(const torch::Tensor& x, const torch::Tensor& weight,
 // overlap x or w. Any rows >= 1 works: each weight row is read from memory once for all rows of x
 // (groups of up to 3 rows of x take turns on it while it is in L1). A row of y has the same bits
 // whatever the other rows of x and the thread count. Runs on at::get_num_threads() threads.
-void gemv_f32(const float* x, int64_t rows, int64_t K, const float* w, int64_t N,
-              const float* bias, float* y);
+void gemv_f32(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, const float* bias,
+              float* y);
 
 // True when the AVX2+FMA kernel is in use on this machine.
 bool gemv_has_avx2();

@@ -54,16 +54,16 @@ struct TrainConfig {
   std::string save_weights;  // final weights, written by rank 0
 
   // Checkpoints (ckpt/checkpoint.h)
-  std::string ckpt_dir;        // "" = no checkpoints
-  int64_t ckpt_every = 0;      // steps between checkpoints; 0 = only at the end and on preemption
-  int keep_ckpts = 3;          // newest complete checkpoints kept
-  std::string resume = "auto"; // auto (newest valid in ckpt_dir) | never | PATH of a step_ folder
-  bool ckpt_async = true;      // write in a background thread (the step only waits for the copy)
-  int zero = 0;                // 1 = ZeRO-1: optimizer state sharded over ranks
-  int64_t max_bad_steps = 10;  // consecutive non-finite steps before the run stops
+  std::string ckpt_dir;         // "" = no checkpoints
+  int64_t ckpt_every = 0;       // steps between checkpoints; 0 = only at the end and on preemption
+  int keep_ckpts = 3;           // newest complete checkpoints kept
+  std::string resume = "auto";  // auto (newest valid in ckpt_dir) | never | PATH of a step_ folder
+  bool ckpt_async = true;       // write in a background thread (the step only waits for the copy)
+  int zero = 0;                 // 1 = ZeRO-1: optimizer state sharded over ranks
+  int64_t max_bad_steps = 10;   // consecutive non-finite steps before the run stops
   std::vector<int64_t> debug_nan_steps;  // test only: steps whose loss is made NaN on rank 0
-  int64_t debug_kill_in_save = -1;       // test only: the last rank SIGKILLs itself saving this step
-  bool debug_sync_check = false;         // test only: host syncs inside a GPU step are errors
+  int64_t debug_kill_in_save = -1;  // test only: the last rank SIGKILLs itself saving this step
+  bool debug_sync_check = false;    // test only: host syncs inside a GPU step are errors
 
   // Communication
   int64_t bucket_mb = 25;

@@ -23,11 +23,11 @@
 namespace samout::train {
 
 struct CpuAllocatorStats {
-  int64_t hits = 0;          // large requests served from the cache
-  int64_t misses = 0;        // large requests that went to the system
-  int64_t released = 0;      // freed blocks returned to the system because the cache was full
-  size_t cached_bytes = 0;   // held in the cache, free
-  size_t in_use_bytes = 0;   // handed out, not yet freed (large blocks only)
+  int64_t hits = 0;         // large requests served from the cache
+  int64_t misses = 0;       // large requests that went to the system
+  int64_t released = 0;     // freed blocks returned to the system because the cache was full
+  size_t cached_bytes = 0;  // held in the cache, free
+  size_t in_use_bytes = 0;  // handed out, not yet freed (large blocks only)
 };
 
 class CachingCpuAllocator final : public c10::Allocator {
