@@ -26,46 +26,33 @@ Cases (each a ctest of its own, see tests/ckpt/CMakeLists.txt):
                  (skipped, exit 77, where a tmpfs cannot be mounted)
   signal_without_ckpt_dir  SIGTERM with no --ckpt_dir exits 128+15, not 75 (no requeue loop)
 """
-import argparse
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import h5py
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import harness  # noqa: E402
+from harness import (case_parser, child_pids, expect_error, losses, metrics, run_case,  # noqa: E402
+                     skip, weights)
+
 # --device=cpu: the bitwise checks hold on the CPU; GPU cases live in tests labelled gpu.
-TINY = ["--device=cpu", "--data=random:5", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
-        "--seq_len=24", "--batch_size=12", "--log_every=1", "--threads=1"]
-
-
-def cmd(n, binary, args):
-    pre = ["mpirun", "--oversubscribe", "-np", str(n)] if n > 1 else []
-    return pre + [binary] + TINY + args
+TINY = (["--device=cpu", "--data=random:5"] + harness.TINY_MODEL
+        + ["--batch_size=12", "--log_every=1", "--threads=1"])
 
 
 def run(a, n, args, expect=0):
-    p = subprocess.run(cmd(n, a.bin, args), env=ENV, capture_output=True, text=True, timeout=300)
-    if expect is not None and p.returncode != expect:
-        sys.exit(f"FAIL: {args} exited {p.returncode}, expected {expect}\n{p.stderr[-4000:]}")
-    return p
+    return harness.run([a.bin] + TINY + args, n=n, expect=expect)
 
 
-def weights(path):
-    with h5py.File(path) as f:
-        return {k: f[k][()] for k in f}
-
-
-def losses(path):
-    with open(path) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+def start(a, n, args):
+    return harness.spawn([a.bin] + TINY + args, n=n)
 
 
 def assert_bitwise(w1, w2, what):
@@ -112,15 +99,9 @@ def wait_for_steps(metrics, k, proc, limit=60):
     sys.exit("FAIL: the run made no progress")
 
 
-def rank_pids(mpirun_pid):
-    out = subprocess.run(["pgrep", "-P", str(mpirun_pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def preempt_and_resume(a, tmp, name, send):
     ck, m = f"{tmp}/{name}", f"{tmp}/{name}.jsonl"
-    p = subprocess.Popen(cmd(2, a.bin, ["--steps=100000", f"--ckpt_dir={ck}", f"--metrics_file={m}"]),
-                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start(a, 2, ["--steps=100000", f"--ckpt_dir={ck}", f"--metrics_file={m}"])
     wait_for_steps(m, 5, p)
     send(p)
     _, err = p.communicate(timeout=120)
@@ -137,14 +118,15 @@ def preempt_and_resume(a, tmp, name, send):
 
 def case_preemption(a, tmp):
     # SLURM's way: the signal reaches every rank.
-    preempt_and_resume(a, tmp, "sigterm", lambda p: [os.kill(r, signal.SIGTERM) for r in rank_pids(p.pid)])
+    preempt_and_resume(a, tmp, "sigterm",
+                       lambda p: [os.kill(r, signal.SIGTERM) for r in child_pids(p.pid)])
     # mpirun forwards SIGUSR1 to the ranks (SLURM's --signal=B:USR1@N on a batch script).
     preempt_and_resume(a, tmp, "sigusr1", lambda p: p.send_signal(signal.SIGUSR1))
     # A second SIGTERM exits at once: a model big enough that a step takes a while.
     big = [a.bin, "--device=cpu", "--data=random:1", "--vocab_size=8000", "--hidden=256", "--layers=4", "--heads=4",
            "--seq_len=256", "--batch_size=16", "--steps=100000", "--log_every=1", "--threads=1",
            f"--ckpt_dir={tmp}/twice", f"--metrics_file={tmp}/twice.jsonl"]
-    p = subprocess.Popen(big, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = harness.spawn(big)
     wait_for_steps(f"{tmp}/twice.jsonl", 1, p)
     p.send_signal(signal.SIGTERM)
     time.sleep(0.5)  # two signals sent back to back would merge into one pending signal
@@ -203,7 +185,7 @@ def case_nan(a, tmp):
     run(a, 2, ["--steps=5", f"--save_weights={tmp}/five.h5"])
     run(a, 2, ["--steps=6", "--debug_nan_steps=5", f"--save_weights={tmp}/six.h5",
                f"--metrics_file={tmp}/nan.jsonl"])
-    final = [json.loads(l) for l in open(f"{tmp}/nan.jsonl")][-1]
+    final = metrics(f"{tmp}/nan.jsonl")[2]
     assert final["skipped_steps"] == 1, final
     assert_bitwise(weights(f"{tmp}/five.h5"), weights(f"{tmp}/six.h5"), "a NaN step leaves the weights")
     p = run(a, 2, ["--steps=20", "--debug_nan_steps=3,4,5", "--max_bad_steps=3"], expect=None)
@@ -212,12 +194,9 @@ def case_nan(a, tmp):
 
 def case_export(a, tmp):
     import torch
-    sys.path.insert(0, os.path.join(HERE, "..", "python"))
-    from reference_model import SamOut
+    SamOut = harness.reference_samout()
     run(a, 2, ["--steps=10", f"--ckpt_dir={tmp}/ck", f"--save_weights={tmp}/trained.h5"])
-    p = subprocess.run([a.export, f"--checkpoint={tmp}/ck", f"--output={tmp}/model.pt"],
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    harness.run([a.export, f"--checkpoint={tmp}/ck", f"--output={tmp}/model.pt"])
     sd = torch.load(f"{tmp}/model.pt")
     model = SamOut(300, 48, 4, 2)
     model.load_state_dict(sd, strict=True)  # every SPEC name, every shape
@@ -227,8 +206,7 @@ def case_export(a, tmp):
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, f"{tmp}/back.pt")
     run(a, 1, ["--steps=0", f"--init_from={tmp}/back.pt", f"--save_weights={tmp}/back.h5"])
     assert_bitwise(trained, weights(f"{tmp}/back.h5"), "export -> PyTorch -> --init_from")
-    p = subprocess.run([a.export, f"--checkpoint={tmp}/nothing", f"--output={tmp}/x.pt"],
-                       capture_output=True, text=True)
+    p = harness.run([a.export, f"--checkpoint={tmp}/nothing", f"--output={tmp}/x.pt"], expect=None)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 # ---- Hardening: retention, the folder lock, resume refusals -------------------------------------
@@ -288,12 +266,6 @@ def rechecksum(step_dir):
     json.dump(manifest, open(mpath, "w"))
 
 
-def one_error_line(p):
-    ours = [l for l in p.stderr.splitlines() if l.startswith("samout_ddp:")]
-    assert len(ours) == 1, p.stderr[-3000:]
-    return ours[0]
-
-
 def case_retention_corrupt(a, tmp):
     ck = f"{tmp}/ck"
     run(a, 2, ["--steps=15", "--ckpt_every=5", "--keep_ckpts=3", f"--ckpt_dir={ck}"])
@@ -313,12 +285,11 @@ def case_retention_corrupt(a, tmp):
 
 def case_lock(a, tmp):
     ck, m = f"{tmp}/ck", f"{tmp}/first.jsonl"
-    first = subprocess.Popen(cmd(1, a.bin, ["--steps=100000", f"--ckpt_dir={ck}", f"--metrics_file={m}"]),
-                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start(a, 1, ["--steps=100000", f"--ckpt_dir={ck}", f"--metrics_file={m}"])
     try:
         wait_for_steps(m, 3, first)
         p = run(a, 1, ["--steps=5", f"--ckpt_dir={ck}", f"--metrics_file={tmp}/second.jsonl"], expect=2)
-        line = one_error_line(p)
+        line = expect_error(p)
         print(f"second job on the same folder: {line}")
         assert "is in use by another job" in line and f"pid {first.pid}" in line, line
         assert not os.path.exists(f"{tmp}/second.jsonl")
@@ -342,18 +313,18 @@ def case_resume_refusals(a, tmp):
         with open(f"{bad}/{d}/state.json", "a") as f:
             f.write(" ")
     p = run(a, 1, ["--steps=6", f"--ckpt_dir={bad}"], expect=2)
-    line = one_error_line(p)
+    line = expect_error(p)
     assert "step_00000002" in line and "step_00000004" in line and "--resume=never" in line, line
 
     # A path that does not exist: said so, and nothing created.
     p = run(a, 1, ["--steps=6", f"--resume={tmp}/nope/step_00000009", f"--ckpt_dir={tmp}/fresh",
                    f"--metrics_file={tmp}/fresh.jsonl"], expect=2)
-    assert "no such checkpoint folder" in one_error_line(p)
+    assert "no such checkpoint folder" in expect_error(p)
     assert not os.path.exists(f"{tmp}/fresh") and not os.path.exists(f"{tmp}/fresh.jsonl")
 
     # Another optimizer than the checkpoint's.
     p = run(a, 1, ["--steps=6", "--optimizer=adamw", f"--resume={good}"], expect=2)
-    assert "optimizer" in one_error_line(p)
+    assert "optimizer" in expect_error(p)
 
     # Checksummed but inconsistent: each names the file, exit 2, no MPI abort banner.
     def broken(name, edit, expect):
@@ -362,7 +333,7 @@ def case_resume_refusals(a, tmp):
         edit(d)
         rechecksum(d)
         p = run(a, 2, ["--steps=6", f"--resume={d}"], expect=2)
-        line = one_error_line(p)
+        line = expect_error(p)
         print(f"{name}: {line}")
         assert expect in line, (name, line)
         assert "MPI_ABORT" not in p.stderr, p.stderr[-2000:]
@@ -398,11 +369,10 @@ def case_readonly_ckpt_dir(a, tmp):
     ro = f"{tmp}/ro"
     os.makedirs(ro)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", ro]).returncode != 0:
-        print("SKIP: cannot mount a read-only tmpfs here (needs root)")
-        sys.exit(77)
+        skip("cannot mount a read-only tmpfs here (needs root)")
     try:
         p = run(a, 1, ["--steps=3", f"--ckpt_dir={ro}"], expect=2)
-        line = one_error_line(p)
+        line = expect_error(p)
         print(f"read-only checkpoint folder: {line}")
         assert "not writable" in line and "Read-only file system" in line, line
     finally:
@@ -411,8 +381,7 @@ def case_readonly_ckpt_dir(a, tmp):
 
 def case_signal_without_ckpt_dir(a, tmp):
     m = f"{tmp}/m.jsonl"
-    p = subprocess.Popen(cmd(1, a.bin, ["--steps=100000", f"--metrics_file={m}"]), env=ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start(a, 1, ["--steps=100000", f"--metrics_file={m}"])
     wait_for_steps(m, 3, p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
@@ -422,14 +391,10 @@ def case_signal_without_ckpt_dir(a, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("case")
+    ap = case_parser(globals())
     ap.add_argument("--bin", required=True)
     ap.add_argument("--export", required=True)
-    a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        globals()["case_" + a.case](a, tmp)
-    print("PASS", a.case)
+    run_case(globals(), ap.parse_args())
 
 
 if __name__ == "__main__":

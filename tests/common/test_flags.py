@@ -20,7 +20,10 @@ import subprocess
 import sys
 import tempfile
 
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import write  # noqa: E402
+
 PROGRAMS = ["samout_ddp", "samout_prep", "samout_generate", "samout_export", "samout_info"]
 # An integer and a bool flag of each program (export has only strings of its own: glog's --v).
 INT = {"samout_ddp": "hidden", "samout_prep": "vocab_size", "samout_generate": "max_tokens",
@@ -28,8 +31,8 @@ INT = {"samout_ddp": "hidden", "samout_prep": "vocab_size", "samout_generate": "
 BOOL = {"samout_ddp": "tf32", "samout_prep": "strip_ansi", "samout_generate": "stats",
         "samout_export": "logtostderr", "samout_info": "names"}
 
-def run(args, timeout=60):
-    return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(args):
+    return harness.run(args, expect=None, timeout=60)
 
 
 def expect_usage(prog_path, args, expect, failures):
@@ -47,12 +50,6 @@ def expect_usage(prog_path, args, expect, failures):
     if not ok:
         failures.append(f"{name} {' '.join(args)}: exit {p.returncode}, expected 2 and one line "
                         f"with '{expect}'; stderr:\n{p.stderr[-1500:]}")
-
-
-def write(path, text, newline="\n"):
-    with open(path, "w", newline=newline) as f:
-        f.write(text)
-    return path
 
 
 def main():

@@ -6,17 +6,21 @@ bad input must exit 2 with one line on stderr naming the file, and write nothing
 The program's path comes from $SAMOUT_PREP (set by CTest).
 """
 import glob
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import tempfile
+import sys
 import time
 import unittest
 
 import h5py
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from harness import TempDirTest, private_mount_prefix, run, run_on_tmpfs, write  # noqa: E402
 
 PREP = os.environ.get("SAMOUT_PREP", "build-data/bin/samout_prep")
 
@@ -36,7 +40,7 @@ def strip_ansi(s):
 
 
 def run_prep(*args):
-    return subprocess.run([PREP, "--progress=0", *args], capture_output=True, text=True)
+    return run([PREP, "--progress=0", *args], expect=None)
 
 
 def read_docs(paths, eos):
@@ -54,23 +58,16 @@ def spm_decode(model_path, ids):
     return out[:-1]  # spm_decode ends each decoded line with "\n"
 
 
-class PrepTest(unittest.TestCase):
+class PrepTest(TempDirTest):
     def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
+        super().setUp()
         os.makedirs(f"{self.dir}/in")
-        with open(f"{self.dir}/in/poems", "w") as f:
-            f.write("\n%\n".join(POEMS) + "\n%\n")
-        with open(f"{self.dir}/in/english.txt", "w") as f:
-            f.write("\n%\n".join(ENGLISH[:30]))
-        with open(f"{self.dir}/in/more.jsonl", "w") as f:
-            import json
-            for i, t in enumerate(ENGLISH[30:]):
-                f.write(json.dumps({"id": i, "body": t, "tags": ["x", {"y": None}]}) + "\n")
+        write(f"{self.dir}/in/poems", "\n%\n".join(POEMS) + "\n%\n")
+        write(f"{self.dir}/in/english.txt", "\n%\n".join(ENGLISH[:30]))
+        write(f"{self.dir}/in/more.jsonl",
+              "".join(json.dumps({"id": i, "body": t, "tags": ["x", {"y": None}]}) + "\n"
+                      for i, t in enumerate(ENGLISH[30:])))
         self.expected = sorted([strip_ansi(p) for p in POEMS] + ENGLISH)
-
-    def tearDown(self):
-        self.tmp.cleanup()
 
     def prep(self, out, *extra):
         r = run_prep(f"--input={self.dir}/in/poems,{self.dir}/in/*.txt", f"{self.dir}/in/more.jsonl",
@@ -131,8 +128,7 @@ class PrepTest(unittest.TestCase):
 
     def test_format_flags(self):
         # Blank-line separated text with an unusual extension, colour codes kept, gzip, small chunks.
-        with open(f"{self.dir}/in/plain.data", "w") as f:
-            f.write("\n\n".join(["\x1b[1mbold\x1b[0m one"] + ENGLISH[:20]))
+        write(f"{self.dir}/in/plain.data", "\n\n".join(["\x1b[1mbold\x1b[0m one"] + ENGLISH[:20]))
         out = f"{self.dir}/out"
         r = run_prep(f"--input={self.dir}/in/plain.data", f"--output={out}", "--vocab_size=400",
                      "--format=text", "--doc_separator=", "--strip_ansi=false", "--compression=4",
@@ -163,31 +159,21 @@ class PrepTest(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(out)), ["tokenizer.model", "train-00000.h5"])
 
 
-class PrepBadInputTest(unittest.TestCase):
+class PrepBadInputTest(TempDirTest):
     """Each case: exit 2, exactly one stderr line naming the file and problem, nothing written."""
 
     def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-        with open(f"{self.dir}/good.txt", "w") as f:
-            f.write("\n%\n".join(ENGLISH))
-
-    def tearDown(self):
-        self.tmp.cleanup()
+        super().setUp()
+        write(f"{self.dir}/good.txt", "\n%\n".join(ENGLISH))
 
     def assert_bad(self, args, *fragments):
         out = f"{self.dir}/out"
         r = run_prep(*args, f"--output={out}", "--vocab_size=300")
-        self.assertEqual(r.returncode, 2, r.stderr)
-        lines = r.stderr.splitlines()
-        self.assertEqual(len(lines), 1, r.stderr)
-        self.assertTrue(lines[0].startswith("samout_prep: error: "), lines[0])
-        for frag in fragments:
-            self.assertIn(frag, lines[0])
+        line = self.assert_one_error_line(r, *fragments, prefix="samout_prep: error: ")
         # Nothing written: no output directory and no temporary directory beside it.
         self.assertEqual(sorted(os.listdir(self.dir)),
                          sorted(n for n in os.listdir(self.dir) if not n.startswith("out")))
-        return lines[0]
+        return line
 
     def test_missing_file(self):
         self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/absent.txt"],
@@ -197,14 +183,13 @@ class PrepBadInputTest(unittest.TestCase):
         self.assert_bad([f"--input={self.dir}/*.jsonl"], f"{self.dir}/*.jsonl: glob matches no file")
 
     def test_empty_text_input(self):
-        with open(f"{self.dir}/empty.txt", "w") as f:
-            f.write("\n%\n   \n%\n")
+        write(f"{self.dir}/empty.txt", "\n%\n   \n%\n")
         self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/empty.txt"],
                         f"{self.dir}/empty.txt: no documents (empty text input)")
 
     def test_unreadable_jsonl_line(self):
-        with open(f"{self.dir}/bad.jsonl", "w") as f:
-            f.write('{"text": "fine"}\n{"text": "also fine"}\n\n{"text": "broken\n')
+        write(f"{self.dir}/bad.jsonl",
+              '{"text": "fine"}\n{"text": "also fine"}\n\n{"text": "broken\n')
         self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/bad.jsonl"],
                         f"{self.dir}/bad.jsonl:4: unreadable JSONL line")
 
@@ -214,8 +199,7 @@ class PrepBadInputTest(unittest.TestCase):
         self.assertEqual(ok.returncode, 0, ok.stderr)
         os.rename(f"{self.dir}/tok/tokenizer.model", f"{self.dir}/t.model")
         subprocess.run(["rm", "-r", f"{self.dir}/tok"], check=True)
-        with open(f"{self.dir}/bad.jsonl", "w") as f:
-            f.write('{"text": "fine"}\n{"body": "no text field"}\n')
+        write(f"{self.dir}/bad.jsonl", '{"text": "fine"}\n{"body": "no text field"}\n')
         self.assert_bad([f"--input={self.dir}/good.txt,{self.dir}/bad.jsonl",
                          f"--tokenizer={self.dir}/t.model"],
                         f"{self.dir}/bad.jsonl:2: unreadable JSONL line: no string field 'text'")
@@ -229,8 +213,7 @@ class PrepBadInputTest(unittest.TestCase):
         self.assert_bad([f"--input={self.dir}/texts"], f"{self.dir}/texts: is a directory, not a file")
 
     def test_output_is_a_file(self):
-        with open(f"{self.dir}/out", "w") as f:
-            f.write("x")
+        write(f"{self.dir}/out", "x")
         r = run_prep(f"--input={self.dir}/good.txt", f"--output={self.dir}/out")
         self.assertEqual(r.returncode, 2)
         self.assertEqual(r.stderr.strip(), f"samout_prep: error: {self.dir}/out: exists and is not "
@@ -253,34 +236,19 @@ def host_tag():
     return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname()) or "localhost"
 
 
-class PrepEnvironmentTest(unittest.TestCase):
+class PrepEnvironmentTest(TempDirTest):
     """Full disks, signals, stale temporary folders, invalid UTF-8: real ones, no mocks."""
 
     def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
+        super().setUp()
         big_input(f"{self.dir}/a.txt", 3000)
         r = run_prep(f"--input={self.dir}/a.txt", f"--output={self.dir}/tok", "--vocab_size=300",
                      "--tokenizer_train_mb=1")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.model = f"{self.dir}/tok/tokenizer.model"
 
-    def tearDown(self):
-        self.tmp.cleanup()
-
-    def unshare_prefix(self):
-        """A command prefix that runs in a private mount namespace, or None (then: skip)."""
-        probe = f"{self.dir}/probe"
-        os.makedirs(probe, exist_ok=True)
-        for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
-            r = subprocess.run([*prefix, "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', probe],
-                               capture_output=True)
-            if r.returncode == 0:
-                return prefix
-        return None
-
     def test_full_disk_exits_1_with_one_line_and_leaves_nothing(self):
-        prefix = self.unshare_prefix()
+        prefix = private_mount_prefix(self.dir)
         if prefix is None:
             self.skipTest("cannot mount a tmpfs in a private mount namespace here")
         args = [f"--input={self.dir}/a.txt", f"--tokenizer={self.model}", "--progress=0"]
@@ -294,21 +262,13 @@ class PrepEnvironmentTest(unittest.TestCase):
         # where HDF5 1.10 used to leave a half-closed file that crashed its exit handler).
         for frac in (0.1, 0.5, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99):
             kb = max(16, int(need * frac) // 4096 * 4)
-            listing = f"{self.dir}/listing"
-            script = ('mount -t tmpfs -o size="$1"k tmpfs "$0" || exit 99; shift; "$@"; rc=$?; '
-                      f'ls -A "{disk}" > "{listing}"; exit $rc')
-            r = subprocess.run([*prefix, "sh", "-c", script, disk, str(kb), PREP, *args,
-                                f"--output={disk}/out"], capture_output=True, text=True)
+            r, left = run_on_tmpfs(prefix, disk, kb, [PREP, *args, f"--output={disk}/out"])
             self.assertNotEqual(r.returncode, 99, r.stderr)
-            self.assertEqual(r.returncode, 1, f"{kb} KB: {r.stderr}")
-            lines = r.stderr.splitlines()
-            self.assertEqual(len(lines), 1, f"{kb} KB: {r.stderr}")
-            self.assertTrue(lines[0].startswith("samout_prep: fatal: "), lines[0])
-            self.assertIn("No space left on device", lines[0])
-            self.assertRegex(lines[0], r"out\.tmp-[^/]+/(train|val)-\d{5}\.h5: ")
-            where.add("finish" if "cannot finish" in lines[0] else "write")
-            with open(listing) as f:
-                self.assertEqual(f.read(), "", f"{kb} KB: left behind")  # no temporary folder
+            line = self.assert_one_error_line(r, "No space left on device", code=1,
+                                              prefix="samout_prep: fatal: ", what=f"{kb} KB: ")
+            self.assertRegex(line, r"out\.tmp-[^/]+/(train|val)-\d{5}\.h5: ")
+            where.add("finish" if "cannot finish" in line else "write")
+            self.assertEqual(left, "", f"{kb} KB: left behind")  # no temporary folder
         self.assertEqual(where, {"write", "finish"})
 
     def test_signal_removes_the_temporary_folder(self):
@@ -336,8 +296,7 @@ class PrepEnvironmentTest(unittest.TestCase):
         elsewhere = f"{self.dir}/out.tmp-otherhost-{dead.pid}"
         for d in (stale, alive, elsewhere):
             os.makedirs(d)
-            with open(f"{d}/train-00000.h5", "w") as f:
-                f.write("half-written")
+            write(f"{d}/train-00000.h5", "half-written")
         r = run_prep(f"--input={self.dir}/a.txt", f"--tokenizer={self.model}",
                      f"--output={self.dir}/out")
         self.assertEqual(r.returncode, 0, r.stderr)

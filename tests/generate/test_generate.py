@@ -11,8 +11,6 @@ alone, and that bad input exits 2 with one line on stderr.
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -20,26 +18,19 @@ import h5py
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-from reference_model import SamOut  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import harness  # noqa: E402
 
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+SamOut = harness.reference_samout()
 PROMPTS = ["Once upon a time", "The", "In the morning the little dog ran to the park and"]
 
 
 def run(cmd, expect=0):
-    p = subprocess.run(cmd, env=ENV, capture_output=True, timeout=120)
-    if expect is not None and p.returncode != expect:
-        sys.exit(f"FAIL: {' '.join(cmd)} exited {p.returncode}, expected {expect}\n"
-                 f"stdout: {p.stdout[-2000:]!r}\nstderr: {p.stderr[-4000:]!r}")
-    return p
+    return harness.run(cmd, expect=expect, timeout=120, text=False)  # bytes: UTF-8 is checked
 
 
 def check(cond, what):
-    if not cond:
-        sys.exit("FAIL: " + what)
-    print("ok:", what)
+    harness.check(cond, what, ok=True)
 
 
 def jsonl(p):
@@ -71,11 +62,8 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--tokenizer", required=True)
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="samout_gen_")
-    try:
+    with tempfile.TemporaryDirectory(prefix="samout_gen_", ignore_cleanup_errors=True) as tmp:
         check_all(a, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_all(a, tmp):
@@ -135,7 +123,7 @@ def check_all(a, tmp):
     rnd = os.path.join(tmp, "rnd")
     run([a.ddp, "--data=random:1", "--vocab_size=300", "--steps=1", f"--ckpt_dir={rnd}"] + tiny)
     bad = [
-        ([a.gen, f"--checkpoint={tmp}/missing", "--prompt=hi"], "no such folder"),
+        ([a.gen, f"--checkpoint={tmp}/missing", "--prompt=hi"], "no such checkpoint folder"),
         ([a.gen, f"--checkpoint={tmp}", "--prompt=hi"], "no valid checkpoint"),
         (g + ["--prompt="], "--prompt is empty"),
         (g + ["--prompt=hi", "--temperature=-1"], "temperature"),

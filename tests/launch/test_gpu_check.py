@@ -17,7 +17,6 @@ for pytorch_seed_loop.py): every stage is recorded in order, a failed stage and 
 its --cap, status timeout) do not stop the later ones, results.md/json hold every figure, the
 table is printed last, the exit status is 1; with --budget=5 every stage is skipped for time.
 """
-import argparse
 import json
 import os
 import re
@@ -25,13 +24,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from harness import ROOT, case_parser, check, read_jsonl, run_case, skip, write  # noqa: E402
+
 SCRIPT = os.path.join(ROOT, "launch", "gpu_check.sh")
 REPORT = os.path.join(ROOT, "launch", "gpu_check_report.py")
-SKIP = 77
 
 
 def has_real_gpu():
@@ -45,23 +44,15 @@ def has_real_gpu():
 
 
 def write_exe(path, text):
-    with open(path, "w") as f:
-        f.write(textwrap.dedent(text).lstrip())
-    os.chmod(path, 0o755)
-
-
-def check(cond, what):
-    if not cond:
-        sys.exit(f"FAIL: {what}")
+    write(path, textwrap.dedent(text).lstrip(), executable=True)
 
 
 # ---- no_gpu ---------------------------------------------------------------------------------------
 
 def case_no_gpu(a, tmp):
     if has_real_gpu():
-        print("SKIP: this machine has an NVIDIA GPU (nvidia-smi -L lists one), so gpu_check.sh would "
-              "run instead of refusing; the refusal is tested on machines without one")
-        sys.exit(SKIP)
+        skip("this machine has an NVIDIA GPU (nvidia-smi -L lists one), so gpu_check.sh would run "
+             "instead of refusing; the refusal is tested on machines without one")
     out = os.path.join(tmp, "out")
     # 1. No nvidia-smi on PATH at all (a PATH that still has bash, python3 and coreutils).
     bare = os.path.join(tmp, "bare")
@@ -131,11 +122,11 @@ def real_ctest_log(tmp):
     """ctest's own output for a passing, a skipped and a failing test."""
     d = os.path.join(tmp, "ctest")
     os.makedirs(d)
-    with open(os.path.join(d, "CTestTestfile.cmake"), "w") as f:
-        f.write('add_test(ops.good "true")\nset_tests_properties(ops.good PROPERTIES LABELS gpu)\n'
-                'add_test(ops.skips "sh" "-c" "echo no CUDA device; exit 77")\n'
-                'set_tests_properties(ops.skips PROPERTIES LABELS gpu SKIP_RETURN_CODE 77)\n'
-                'add_test(train.bad "false")\nset_tests_properties(train.bad PROPERTIES LABELS gpu)\n')
+    write(os.path.join(d, "CTestTestfile.cmake"),
+          'add_test(ops.good "true")\nset_tests_properties(ops.good PROPERTIES LABELS gpu)\n'
+          'add_test(ops.skips "sh" "-c" "echo no CUDA device; exit 77")\n'
+          'set_tests_properties(ops.skips PROPERTIES LABELS gpu SKIP_RETURN_CODE 77)\n'
+          'add_test(train.bad "false")\nset_tests_properties(train.bad PROPERTIES LABELS gpu)\n')
     p = subprocess.run(["ctest", "--test-dir", d, "-L", "gpu", "--output-on-failure"],
                        capture_output=True, text=True, timeout=120)
     full = p.stdout + p.stderr
@@ -155,8 +146,7 @@ def case_report(a, tmp):
     # ctest: one skipped on a GPU machine makes the stage fail; all passing is a pass.
     full, good = real_ctest_log(tmp)
     for name, text in (("ctest_full", full), ("ctest_good", good)):
-        with open(os.path.join(logs, name + ".log"), "w") as f:
-            f.write(text)
+        write(os.path.join(logs, name + ".log"), text)
     report(out, "stage", "gpu_ctest", "--title", "1 ctest", "--status", "fail", "--log",
            os.path.join(logs, "ctest_full.log"), "--parse", "ctest")
     s = stage(load(out), "gpu_ctest")
@@ -166,17 +156,16 @@ def case_report(a, tmp):
     report(out, "stage", "ctest_good", "--status", "pass", "--log",
            os.path.join(logs, "ctest_good.log"), "--parse", "ctest")
     check(stage(load(out), "ctest_good")["status"] == "pass", "all-passing ctest is not a pass")
-    with open(os.path.join(logs, "ctest_skip.log"), "w") as f:
-        f.write(full.replace("***Failed", "   Passed"))
+    write(os.path.join(logs, "ctest_skip.log"), full.replace("***Failed", "   Passed"))
     report(out, "stage", "ctest_skip", "--status", "pass", "--log",
            os.path.join(logs, "ctest_skip.log"), "--parse", "ctest")
     s = stage(load(out), "ctest_skip")
     check(s["status"] == "fail" and "skipped on a GPU machine" in s["note"], s)
 
     # memcheck: an error in the summary fails a run whose exit status was 0.
-    with open(os.path.join(logs, "memcheck.log"), "w") as f:
-        f.write("========= COMPUTE-SANITIZER\n[==========] 7 tests ran.\n[  PASSED  ] 7 tests.\n"
-                "========= Invalid __global__ read of size 4 bytes\n========= ERROR SUMMARY: 2 errors\n")
+    write(os.path.join(logs, "memcheck.log"),
+          "========= COMPUTE-SANITIZER\n[==========] 7 tests ran.\n[  PASSED  ] 7 tests.\n"
+          "========= Invalid __global__ read of size 4 bytes\n========= ERROR SUMMARY: 2 errors\n")
     report(out, "stage", "memcheck", "--status", "pass", "--log", os.path.join(logs, "memcheck.log"),
            "--parse", "memcheck")
     s = stage(load(out), "memcheck")
@@ -189,7 +178,7 @@ def case_report(a, tmp):
                     "--vocab_size=300", "--hidden=32", "--layers=1", "--heads=4", "--seq_len=16",
                     "--batch_size=4", "--steps=12", "--log_every=2", f"--metrics_file={m}",
                     "--threads=1"], check=True, capture_output=True, timeout=300)
-    rows = [json.loads(l) for l in open(m) if l.strip()]
+    rows = read_jsonl(m)
     steps = [r for r in rows if "step" in r and not r.get("final")]
     want_tps = statistics.median(r["tokens_per_s"] for r in steps[2:])
     report(out, "stage", "train_a", "--title", "5 train", "--status", "pass", "--log", m,
@@ -219,8 +208,7 @@ def case_report(a, tmp):
     fast = {"tokens_per_s": 10 * max(p["tokens_per_s"] for p in peers.values()),
             "step_ms": 1.0, "steps": 4, "batch_size": 4, "seq_len": 16, "precision": "fp32",
             "compile": "reduce-overhead", "fused_adam": True}
-    with open(os.path.join(logs, "peer_hung.log"), "w") as f:
-        f.write("pytorch_seed_loop: ...\n" + json.dumps(fast) + "\n")
+    write(os.path.join(logs, "peer_hung.log"), "pytorch_seed_loop: ...\n" + json.dumps(fast) + "\n")
     report(out, "stage", "peer_hung", "--status", "timeout", "--log",
            os.path.join(logs, "peer_hung.log"), "--parse", "pytorch", "--set", "kind=pytorch_train")
     res = load(out)
@@ -271,8 +259,7 @@ def case_report(a, tmp):
                                                "composite": {"ms": 1.0, "gb_s": 100.0},
                                                "fused": {"ms": 0.4, "gb_s": 250.0,
                                                          "fraction_of_copy": 0.058}}]}]}
-    with open(os.path.join(out, "opbench_cuda.json"), "w") as f:
-        json.dump(cuda_doc, f)
+    write(os.path.join(out, "opbench_cuda.json"), json.dumps(cuda_doc))
     report(out, "stage", "opbench_cuda", "--status", "pass", "--parse", "opbench", "--input",
            os.path.join(out, "opbench_cuda.json"), "--set", "kind=samout_op")
     s = stage(load(out), "opbench_cuda")
@@ -423,8 +410,7 @@ def make_fakes(tmp):
                        (os.path.join(fb, "nvidia-smi"), FAKE_SMI),
                        (os.path.join(fb, "python-fake"), FAKE_PYTHON)):
         write_exe(path, text.replace("#!PYTHON", "#!" + py).replace("REALPY", py))
-    with open(os.path.join(build, "CTestTestfile.cmake"), "w") as f:
-        f.write(CTEST_FILE)
+    write(os.path.join(build, "CTestTestfile.cmake"), CTEST_FILE)
     return fb, build
 
 
@@ -488,18 +474,12 @@ def case_flow(a, tmp):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("case", choices=["no_gpu", "report", "flow"])
+    p = case_parser(globals())
     p.add_argument("--ddp", help="samout_ddp (report)")
     p.add_argument("--generate", help="bench_generate (report)")
     p.add_argument("--opbench", help="bench_cummax_gate (report)")
     p.add_argument("--python", default=sys.executable, help="a python with torch (no_gpu)")
-    a = p.parse_args()
-    tmp = tempfile.mkdtemp(prefix=f"gpu_check_{a.case}_")
-    try:
-        {"no_gpu": case_no_gpu, "report": case_report, "flow": case_flow}[a.case](a, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    run_case(globals(), p.parse_args(), ignore_cleanup_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ import sys
 import tempfile
 import time
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from harness import TINY_MODEL, skip  # noqa: E402
+
 STEPS = 1000          # 5-15 ms a step with 2 CPU ranks under srun: 5-15 s of training
 SIGNAL_AT = 30        # steps done before the signal
-TINY = ["--device=cpu", "--data=random:1", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
-        "--seq_len=24", "--batch_size=8", "--threads=1", "--log_every=10", f"--steps={STEPS}"]
+TINY = (["--device=cpu", "--data=random:1"] + TINY_MODEL
+        + ["--batch_size=8", "--threads=1", "--log_every=10", f"--steps={STEPS}"])
 DAEMONS = ("munged", "slurmctld", "slurmd")
 T0 = time.time()
 
@@ -322,8 +324,7 @@ def main():
     a.bin, a.root = os.path.abspath(a.bin), os.path.abspath(a.root)
 
     if os.geteuid() != 0:
-        print("SKIP: slurmd must run as root to launch jobs, and this test is not root")
-        return SKIP
+        skip("slurmd must run as root to launch jobs, and this test is not root")
     missing = [p for p in DAEMONS + ("sbatch", "srun", "scontrol", "munge", "unmunge")
                if not shutil.which(p)]
     if missing:  # setup.sh installs them: on CI this is a failure, not a skip

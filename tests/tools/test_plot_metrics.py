@@ -7,18 +7,18 @@ import json
 import math
 import os
 import struct
-import subprocess
 import sys
-import tempfile
 import unittest
 import zlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from harness import ROOT, TempDirTest, run, write  # noqa: E402
+
 TOOL = os.path.join(ROOT, "launch", "plot_metrics")
 
 
 def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=120)
+    return run([sys.executable, TOOL, *args], expect=None, timeout=120)
 
 
 def check_png(test, path):
@@ -43,14 +43,7 @@ def check_png(test, path):
     test.assertIn(b"IDAT", kinds)
 
 
-class PlotMetricsTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = self.tmp.name
-
-    def tearDown(self):
-        self.tmp.cleanup()
-
+class PlotMetricsTest(TempDirTest):
     def write_metrics(self, name, steps=50, partial_tail=False):
         path = os.path.join(self.dir, name)
         with open(path, "w") as f:
@@ -84,10 +77,7 @@ class PlotMetricsTest(unittest.TestCase):
         check_png(self, out)
 
     def assert_usage_error(self, r, out, needle):
-        self.assertEqual(r.returncode, 2, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, r.stderr)
-        self.assertIn(needle, lines[0])
+        self.assert_one_error_line(r, needle)
         self.assertFalse(os.path.exists(out))
 
     def test_missing_file(self):
@@ -96,17 +86,14 @@ class PlotMetricsTest(unittest.TestCase):
         self.assert_usage_error(r, out, "nope.jsonl")
 
     def test_not_json(self):
-        bad = os.path.join(self.dir, "bad.jsonl")
-        with open(bad, "w") as f:
-            f.write('{"step": 1, "loss": 2.0}\nthis is not json\n')
+        bad = write(os.path.join(self.dir, "bad.jsonl"),
+                    '{"step": 1, "loss": 2.0}\nthis is not json\n')
         out = os.path.join(self.dir, "x.png")
         r = run_tool(bad, "--output", out)
         self.assert_usage_error(r, out, "bad.jsonl:2")
 
     def test_no_metric_rows(self):
-        empty = os.path.join(self.dir, "empty.jsonl")
-        with open(empty, "w") as f:
-            f.write('{"final": true}\n')
+        empty = write(os.path.join(self.dir, "empty.jsonl"), '{"final": true}\n')
         out = os.path.join(self.dir, "x.png")
         r = run_tool(empty, "--output", out)
         self.assert_usage_error(r, out, "no metrics rows")

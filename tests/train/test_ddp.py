@@ -27,45 +27,22 @@ GPU cases (ctest label gpu; exit 77, reported as skipped, where torch sees no CU
   gpu_mpi_two_ranks  mpirun -np 2 --comm=mpi on one GPU against 1 rank: losses within 1e-5 (fp32),
                      with and without ZeRO-1
 """
-import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import h5py
 import numpy as np
 
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from harness import (ROOT, TINY_MODEL, case_parser, child_pids, expect_error,  # noqa: E402
+                     losses, metrics, private_mount_prefix, run, run_case, run_on_tmpfs,
+                     skip, spawn, weights)
+
 # --device=cpu: these cases check CPU ranks even where a GPU exists (GPU cases: tests labelled gpu).
-TINY = ["--device=cpu", "--data=random:3", "--vocab_size=300", "--hidden=48", "--layers=2", "--heads=4",
-        "--seq_len=24", "--log_every=1", "--threads=1"]
-
-
-def mpirun(n):
-    return ["mpirun", "--oversubscribe", "-np", str(n)] if n > 1 else []
-
-
-def run(args, n=1, check=True, timeout=300):
-    p = subprocess.run(mpirun(n) + args, env=ENV, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(args)} exited {p.returncode}\n{p.stderr[-3000:]}")
-    return p
-
-
-def metrics(path):
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
-    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r], rows[-1]
-
-
-def weights(path):
-    with h5py.File(path) as f:
-        return {k: f[k][()] for k in f}
+TINY = ["--device=cpu", "--data=random:3"] + TINY_MODEL + ["--log_every=1", "--threads=1"]
 
 
 def train(binary, tmp, name, extra, n=1):
@@ -161,23 +138,18 @@ def case_bad_flags(a, tmp):
     for n, flags, expect in cases:
         m = os.path.join(tmp, "bad.jsonl")
         args = [a.bin] + TINY + ["--batch_size=8", "--steps=5"] + flags + [f"--metrics_file={m}"]
-        p = run(args, n=n, check=False, timeout=60)
-        ours = [l for l in p.stderr.splitlines() if l.startswith("samout_ddp:")]
-        print(f"{n} rank(s) {' '.join(flags)} -> exit {p.returncode}: {ours}")
-        assert p.returncode == 2, (flags, p.returncode, p.stderr[-2000:])
-        assert len(ours) == 1 and expect in ours[0], (flags, p.stderr[-2000:])
+        p = run(args, n=n, expect=None, timeout=60)
+        expect_error(p, expect, what=f"{n} rank(s) {' '.join(flags)}")
         assert not os.path.exists(m), "a metrics file was written for a bad run"
 
 
 def case_rank_killed(a, tmp):
-    args = mpirun(2) + [a.bin] + TINY + ["--batch_size=8", "--steps=100000", "--log_every=1000",
-                                          "--comm_timeout_s=20"]
-    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = spawn([a.bin] + TINY + ["--batch_size=8", "--steps=100000", "--log_every=1000",
+                                "--comm_timeout_s=20"], n=2)
     time.sleep(4)
-    ranks = subprocess.run(["pgrep", "-P", str(p.pid), "-f", "samout_ddp"], capture_output=True,
-                           text=True).stdout.split()
+    ranks = child_pids(p.pid, "samout_ddp")
     assert len(ranks) == 2, f"expected 2 ranks under mpirun, found {ranks}"
-    os.kill(int(ranks[1]), signal.SIGKILL)
+    os.kill(ranks[1], signal.SIGKILL)
     t0 = time.time()
     try:
         _, err = p.communicate(timeout=60)
@@ -213,7 +185,7 @@ def case_context_parallel(a, tmp):
     ck, m = os.path.join(tmp, "ck"), os.path.join(tmp, "resumed.jsonl")
     run([a.bin] + TINY + ["--batch_size=8", "--steps=5", "--context_parallel=2", f"--ckpt_dir={ck}"], n=2)
     run([a.bin] + TINY + ["--batch_size=8", "--steps=10", f"--ckpt_dir={ck}", f"--metrics_file={m}"])
-    resumed = {r["step"]: r["loss"] for r in metrics(m)[0]}
+    resumed = losses(m)
     whole = {r["step"]: r["loss"] for r in one[0]}
     assert sorted(resumed) == list(range(6, 11)), sorted(resumed)
     close([resumed[k] for k in sorted(resumed)], [whole[k] for k in sorted(resumed)], 1e-5,
@@ -222,17 +194,15 @@ def case_context_parallel(a, tmp):
 
 def case_big_flags_resume(a, tmp):
     """configs/big.flags checkpoints by default: rerunning the same command resumes by itself."""
-    flags = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "big.flags")
+    flags = os.path.join(ROOT, "configs", "big.flags")
     small = ["--device=cpu", "--precision=fp32", "--data=random:2", "--val_data=", "--vocab_size=300",
              "--hidden=32", "--layers=1", "--heads=4", "--seq_len=16", "--batch_size=4",
              "--micro_batch=0", "--warmup_steps=0", "--ckpt_every=2", "--threads=1"]
     cmd = [a.bin, f"--flagfile={os.path.abspath(flags)}"] + small
-    p = subprocess.run(cmd + ["--steps=3"], env=ENV, cwd=tmp, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
+    run(cmd + ["--steps=3"], cwd=tmp, timeout=120)
     ckpts = sorted(os.listdir(os.path.join(tmp, "runs", "big", "ckpt")))
     assert "step_00000003" in ckpts, ckpts
-    p = subprocess.run(cmd + ["--steps=5"], env=ENV, cwd=tmp, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = run(cmd + ["--steps=5"], cwd=tmp, timeout=120)
     assert "resumed from runs/big/ckpt/step_00000003 at step 3" in p.stderr, p.stderr[-3000:]
     print("configs/big.flags: saved into runs/big/ckpt, and the rerun resumed at step 3")
 
@@ -242,7 +212,7 @@ def mpmd(per_rank):
     cmd = ["mpirun", "--oversubscribe"]
     for i, args in enumerate(per_rank):
         cmd += ([":"] if i else []) + ["-np", "1"] + args
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    return run(cmd, expect=None, timeout=120)
 
 
 def case_ranks_disagree(a, tmp):
@@ -255,10 +225,7 @@ def case_ranks_disagree(a, tmp):
     ]:
         m = os.path.join(tmp, "disagree.jsonl")
         p = mpmd([base + ["--lr=0.001", f"--metrics_file={m}"], base + ["--lr=0.001"] + rank1])
-        ours = [l for l in p.stderr.splitlines() if l.startswith("samout_ddp:")]
-        print(f"rank 1 given {rank1} -> exit {p.returncode}: {ours}")
-        assert p.returncode == 2, (rank1, p.returncode, p.stderr[-2000:])
-        assert len(ours) == 1 and expect in ours[0], (rank1, p.stderr[-2000:])
+        expect_error(p, expect, what=f"rank 1 given {rank1}")
         assert not os.path.exists(m), "a metrics file was written"
     # Rank-local flags may differ: threads, prefetch, the metrics file.
     m = os.path.join(tmp, "local.jsonl")
@@ -268,25 +235,9 @@ def case_ranks_disagree(a, tmp):
     print("rank-local flags (--threads, --prefetch, --metrics_file) may differ: trained 3 steps")
 
 
-def tmpfs_prefix(tmp):
-    """A command prefix running in a private mount namespace where tmpfs can be mounted, or None."""
-    probe = os.path.join(tmp, "probe")
-    os.makedirs(probe, exist_ok=True)
-    for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
-        r = subprocess.run(prefix + ["sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"', probe],
-                           capture_output=True)
-        if r.returncode == 0:
-            return prefix
-    return None
-
-
-def expect_refused(args, expect, tmp, n=1, prefix=(), program="samout_ddp"):
-    p = subprocess.run(list(prefix) + mpirun(n) + args, env=ENV, capture_output=True, text=True,
-                       timeout=120)
-    ours = [l for l in p.stderr.splitlines() if l.startswith(program + ":")]
-    print(f"{' '.join(args[-2:])} -> exit {p.returncode}: {ours}")
-    assert p.returncode == 2, (args, p.returncode, p.stderr[-2000:])
-    assert len(ours) == 1 and expect in ours[0], (args, p.stderr[-2000:])
+def expect_refused(args, expect, n=1, program="samout_ddp"):
+    p = run(args, n=n, expect=None, timeout=120)
+    expect_error(p, expect, program, what=" ".join(args[-2:]))
 
 
 def leftovers(folder):
@@ -300,18 +251,18 @@ def case_half_written(a, tmp):
     outdir = os.path.join(tmp, "out")
     os.makedirs(outdir)
     m = os.path.join(tmp, "m.jsonl")
-    expect_refused(base + [f"--metrics_file={m}", f"--save_weights={outdir}"], "is a directory", tmp, n=2)
-    expect_refused(base + [f"--save_weights={outdir}/"], "is a directory", tmp)
-    expect_refused(base + ["--init_from=/dev/zero"], "not a regular file", tmp)
-    expect_refused(base + [f"--init_from={outdir}"], "is a directory", tmp)
+    expect_refused(base + [f"--metrics_file={m}", f"--save_weights={outdir}"], "is a directory", n=2)
+    expect_refused(base + [f"--save_weights={outdir}/"], "is a directory")
+    expect_refused(base + ["--init_from=/dev/zero"], "not a regular file")
+    expect_refused(base + [f"--init_from={outdir}"], "is a directory")
     assert not os.path.exists(m) and os.listdir(outdir) == [], "something was written"
     # A real checkpoint to export.
     ck = os.path.join(tmp, "ck")
     run(base + [f"--ckpt_dir={ck}"])
-    expect_refused([export, f"--checkpoint={ck}", f"--output={outdir}"], "is a directory", tmp,
+    expect_refused([export, f"--checkpoint={ck}", f"--output={outdir}"], "is a directory",
                    program="samout_export")
     assert os.listdir(outdir) == []
-    prefix = tmpfs_prefix(tmp)
+    prefix = private_mount_prefix(tmp)
     if prefix is None:
         print("SKIP (full disk): cannot mount a tmpfs in a private mount namespace here")
         return
@@ -319,23 +270,13 @@ def case_half_written(a, tmp):
     # training, and nothing is left on it.
     disk = os.path.join(tmp, "disk")
     os.makedirs(disk)
-    listing = os.path.join(tmp, "listing")
     for program, args in [("samout_ddp", base + [f"--save_weights={disk}/w.h5"]),
                           ("samout_export", [export, f"--checkpoint={ck}", f"--output={disk}/w.pt"]),
                           ("samout_export", [export, f"--checkpoint={ck}", f"--output={disk}/w.h5"])]:
-        script = ('mount -t tmpfs -o size=64k tmpfs "$0" || exit 99; "$@"; rc=$?; '
-                  f'ls -A "$0" > "{listing}"; exit $rc')
-        p = subprocess.run(prefix + ["sh", "-c", script, disk] + args, env=ENV, capture_output=True,
-                           text=True, timeout=120)
-        ours = [l for l in p.stderr.splitlines() if l.startswith(program + ":")]
-        print(f"full disk: {program} {args[-1]} -> exit {p.returncode}: {ours}")
-        assert p.returncode == 2, (args, p.returncode, p.stderr[-2000:])
-        assert len(ours) == 1 and "are free on its filesystem" in ours[0], p.stderr[-2000:]
-        with open(listing) as f:
-            assert f.read() == "", "left behind on the full disk"
-
-
-SKIP = 77
+        p, left = run_on_tmpfs(prefix, disk, 64, args, timeout=120)
+        expect_error(p, "are free on its filesystem", program,
+                     what=f"full disk: {program} {args[-1]}")
+        assert left == "", "left behind on the full disk"
 
 
 def need_gpu():
@@ -345,8 +286,7 @@ def need_gpu():
     except Exception as e:  # a torch without CUDA support
         ok, why = False, str(e)
     if not ok:
-        print("SKIP: no CUDA device visible to torch; this is a GPU test (ctest -L gpu)")
-        sys.exit(SKIP)
+        skip("no CUDA device visible to torch; this is a GPU test (ctest -L gpu)")
 
 
 GPU_TINY = [f for f in TINY if not f.startswith("--device=")] + ["--device=cuda"]
@@ -401,8 +341,7 @@ def case_gpu_sync_free(a, tmp):
               "--grad_clip=0.5", "--debug_nan_steps=6"]
     for extra in ([], ["--micro_batch=4"], ["--precision=bf16"]):
         m = os.path.join(tmp, "sync.jsonl")
-        p = run([a.bin] + GPU_TINY + common + extra + [f"--metrics_file={m}"], check=False)
-        assert p.returncode == 0, (extra, p.returncode, p.stderr[-3000:])
+        run([a.bin] + GPU_TINY + common + extra + [f"--metrics_file={m}"])
         final = metrics(m)[2]
         assert final["skipped_steps"] == 1, final
         print(f"no host sync inside 11 steps {' '.join(extra) or '(fp32)'}")
@@ -420,14 +359,10 @@ def case_gpu_mpi_two_ranks(a, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("case")
+    ap = case_parser(globals())
     ap.add_argument("--bin", required=True)
     ap.add_argument("--sample", default="data/sample")
-    a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        globals()["case_" + a.case](a, tmp)
-    print("PASS", a.case)
+    run_case(globals(), ap.parse_args())
 
 
 if __name__ == "__main__":
