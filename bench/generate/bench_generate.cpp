@@ -10,7 +10,9 @@
 // token must not grow with C: the context is never re-run. Baseline, in the same run: the time to
 // stream once every byte a step must read (every parameter but the embedding table, of which a step
 // reads one row), as a sum over each weight tensor. The ratio step / baseline is the figure of
-// merit (target <= 1.5 on CPU).
+// merit (target <= 1.5 on CPU). On the CPU a further session, at the first context length, steps
+// in the same rounds with every product on at::linear instead of the GEMV (ops::AtLinearOnlyGuard):
+// the GEMV's baseline, printed as a ratio.
 #include <gflags/gflags.h>
 
 #include <algorithm>
@@ -22,7 +24,9 @@
 #include <string>
 #include <vector>
 
-#include "samout/model/generate.h"
+#include "samout/model/sampler.h"
+#include "samout/model/session.h"
+#include "samout/ops/linear.h"
 
 DEFINE_int64(vocab_size, 8460, "V");
 DEFINE_int64(hidden, 512, "d");
@@ -100,15 +104,16 @@ int main(int argc, char** argv) {
               torch::get_num_threads(), device.is_cuda() && FLAGS_cuda_graph ? ", CUDA graph" : "");
 
   // ---- Sessions at each context length, stepped in turn -----------------------------------------
-  // Round-robin: in each round every session takes one step and the baseline runs once, so a
+  // Round-robin: in each round every session takes one step and the baselines run once, so a
   // change in the machine's load (it is shared) hits every column alike.
   const auto contexts = parse_list(FLAGS_contexts);
   std::vector<std::unique_ptr<samout::model::Session>> sessions;
-  std::vector<torch::Tensor> next;
+  std::vector<torch::Tensor> prompts, next;
   std::vector<double> prefill_ms;
   for (int64_t C : contexts) {
     sessions.push_back(std::make_unique<samout::model::Session>(model, FLAGS_cuda_graph));
-    auto prompt = torch::randint(0, cfg.vocab_size, {1, C}, torch::kLong);
+    prompts.push_back(torch::randint(0, cfg.vocab_size, {1, C}, torch::kLong));
+    const auto& prompt = prompts.back();
     sync(device);
     auto t0 = Clock::now();
     auto logits = sessions.back()->prefill(prompt);
@@ -117,14 +122,29 @@ int main(int argc, char** argv) {
     next.push_back(logits.argmax(-1));
   }
   const size_t S = sessions.size();
+  // The GEMV's baseline: the first context's prompt, every product on at::linear.
+  const bool vs_linear = !device.is_cuda();
+  samout::model::Session linear_session(model);
+  torch::Tensor linear_next;
+  if (vs_linear) {
+    samout::ops::AtLinearOnlyGuard at_linear;
+    linear_next = linear_session.prefill(prompts.front()).argmax(-1);
+  }
   std::vector<std::vector<double>> per(S);
-  std::vector<double> base_ms;
+  std::vector<double> base_ms, linear_ms;
   for (int64_t r = -FLAGS_warmup; r < FLAGS_tokens; ++r) {
     for (size_t i = 0; i < S; ++i) {
       auto t1 = Clock::now();
       next[i] = sessions[i]->step(next[i]).argmax(-1);
       next[i].item<int64_t>();  // the id on the host, as a streaming generator needs it
       if (r >= 0) per[i].push_back(ms_since(t1));
+    }
+    if (vs_linear) {
+      samout::ops::AtLinearOnlyGuard at_linear;
+      auto t1 = Clock::now();
+      linear_next = linear_session.step(linear_next).argmax(-1);
+      linear_next.item<int64_t>();
+      if (r >= 0) linear_ms.push_back(ms_since(t1));
     }
     auto t2 = Clock::now();
     stream_once();
@@ -149,6 +169,13 @@ int main(int argc, char** argv) {
   std::printf("flatness: slowest/fastest median over contexts = %.3f\n", *hi / *lo);
   std::printf("ratio: median ms/token (all contexts) / read-weights-once = %.2f (target <= 1.5)\n",
               median(medians) / base);
+  if (vs_linear) {
+    const double lin = median(linear_ms);
+    std::printf(
+        "products on at::linear instead of the GEMV, context %lld: %.3f ms/token median; "
+        "at::linear / GEMV = %.2f (the GEMV is kept only if >= 1.3)\n",
+        (long long)contexts.front(), lin, lin / medians.front());
+  }
 
   // ---- The sampler's share: a full sampling pipeline instead of argmax
   // ---------------------------

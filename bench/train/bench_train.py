@@ -63,12 +63,16 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate samout and PyTorch this many times; the median ratio is reported")
     p.add_argument("--keep", default="", help="keep samout's metrics files in this folder")
+    p.add_argument("--samout_flags", default="",
+                   help="extra samout_ddp flags, space-separated (e.g. --cpu_cache_mb=0)")
+    p.add_argument("--samout_env", default="",
+                   help="extra environment of the samout runs only, space-separated K=V pairs")
     return p.parse_args()
 
 
-def run(cmd, log_path):
+def run(cmd, log_path, env=None):
     with open(log_path, "w") as log:
-        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if r.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -85,10 +89,13 @@ def run_samout(args, ranks, threads, workdir, tag):
              f"--threads={threads}", f"--gate={args.gate}", f"--metrics_file={metrics}"]
     if ranks > 0:
         flags.append(f"--zero={args.zero}")
+    flags += args.samout_flags.split()
     cmd = flags if ranks == 0 else (
-        ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)] + flags)
+        ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks)]
+        + [x for kv in args.samout_env.split() for x in ("-x", kv.split("=", 1)[0])] + flags)
     print("+ " + " ".join(cmd), flush=True)
-    run(cmd, os.path.join(workdir, f"samout_{tag}.log"))
+    env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.samout_env.split()))
+    run(cmd, os.path.join(workdir, f"samout_{tag}.log"), env)
     rows = []
     with open(metrics) as f:
         for line in f:

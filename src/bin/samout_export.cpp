@@ -6,10 +6,9 @@
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 
-#include <filesystem>
 #include <iostream>
 
-#include "samout/ckpt/checkpoint.h"
+#include "samout/ckpt/state.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
 #include "samout/common/file_checks.h"
@@ -27,22 +26,11 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   return samout::run_program("samout_export", [] {
-    namespace fs = std::filesystem;
     using samout::require;
     require(!FLAGS_checkpoint.empty(), "--checkpoint is required");
     require(!FLAGS_output.empty(), "--output is required");
-    require(fs::is_directory(FLAGS_checkpoint),
-            "--checkpoint=" + FLAGS_checkpoint + ": no such folder");
     samout::check_output_file("output", FLAGS_output, 0);  // a directory, a missing folder: now
-    std::string dir = FLAGS_checkpoint;
-    if (!fs::exists(dir + "/manifest.json")) {  // a ckpt_dir: take its newest valid checkpoint
-      std::vector<std::string> skipped;
-      dir = samout::ckpt::find_latest_valid(FLAGS_checkpoint, &skipped);
-      for (const auto& s : skipped) LOG(WARNING) << "skipping checkpoint " << s;
-      require(!dir.empty(), "--checkpoint=" + FLAGS_checkpoint + ": no valid checkpoint in it");
-    }
-    const std::string why = samout::ckpt::verify(dir);
-    require(why.empty(), dir + ": " + why);
+    const std::string dir = samout::ckpt::resolve_checkpoint(FLAGS_checkpoint, "--checkpoint");
     const auto weights = samout::ckpt::read_weights(dir + "/model.h5");
     torch::OrderedDict<std::string, torch::Tensor> named;
     for (const auto& [k, v] : weights) named.insert(k, v);

@@ -2,9 +2,10 @@
 //   samout_generate --checkpoint=runs/ckpt --prompt="Once upon a time" --max_tokens=200
 //   samout_generate --checkpoint=runs/ckpt/step_00001000 --prompts_file=prompts.txt --seed=7
 // The prompt runs through the model once; every further token is one step with the carried state
-// (samout/model/generate.h), so each costs the same however long the context. With --prompts_file
-// (one prompt a line) the prompts are prefilled one by one, their states stacked into one batch,
-// and each result printed as a JSON line {"prompt", "completion", "prompt_ids", "ids"} at the end.
+// (samout/model/session.h), so each costs the same however long the context. With --prompts_file
+// (one prompt a line) the prompts are prefilled one by one, their states stacked into one batch
+// (samout/model/generation.h), and each result printed as a JSON line {"prompt", "completion",
+// "prompt_ids", "ids"} at the end.
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 
@@ -19,13 +20,14 @@
 #include <vector>
 
 #include "samout/ckpt/checkpoint.h"
+#include "samout/ckpt/state.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
 #include "samout/common/flags_check.h"
 #include "samout/data/documents.h"
 #include "samout/data/h5.h"
 #include "samout/data/tokenizer.h"
-#include "samout/model/generate.h"
+#include "samout/model/generation.h"
 #include "samout/model/samout.h"
 
 DEFINE_string(checkpoint, "",
@@ -61,32 +63,8 @@ namespace {
 using samout::require;
 namespace fs = std::filesystem;
 
-std::string resolve_checkpoint(const std::string& path) {
-  require(!path.empty(), "--checkpoint is required");
-  require(fs::is_directory(path), "--checkpoint=" + path + ": no such folder");
-  std::string dir = path;
-  if (!fs::exists(dir + "/manifest.json")) {  // a ckpt_dir: take its newest valid checkpoint
-    std::vector<std::string> skipped;
-    dir = samout::ckpt::find_latest_valid(path, &skipped);
-    for (const auto& s : skipped) LOG(WARNING) << "skipping checkpoint " << s;
-    require(!dir.empty(), "--checkpoint=" + path + ": no valid checkpoint in it");
-  }
-  const std::string why = samout::ckpt::verify(dir);
-  require(why.empty(), dir + ": " + why);
-  return dir;
-}
-
 samout::model::SamOut load_model(const std::string& dir, const torch::Device& device) {
-  const auto state = samout::ckpt::read_state(dir);
-  require(state.contains("run"), dir + "/state.json: no \"run\" object");
-  const auto& run = state["run"];
-  samout::model::ModelConfig cfg;
-  cfg.vocab_size = run.at("vocab_size").get<int64_t>();
-  cfg.hidden = run.at("hidden").get<int64_t>();
-  cfg.layers = run.at("layers").get<int64_t>();
-  cfg.heads = run.at("heads").get<int64_t>();
-  cfg.pad_id = run.value("pad_id", int64_t{-1});
-  samout::model::SamOut model(cfg);
+  samout::model::SamOut model(samout::ckpt::read_state(dir).run.model_config());
   samout::ckpt::load_into(*model, samout::ckpt::read_weights(dir + "/model.h5"), dir + "/model.h5");
   model->to(device);
   return model;
@@ -156,7 +134,8 @@ int run() {
                                                           : "jsonl";
   require(format == "text" || format == "jsonl",
           "--format must be text or jsonl, got '" + format + "'");
-  const std::string dir = resolve_checkpoint(FLAGS_checkpoint);
+  require(!FLAGS_checkpoint.empty(), "--checkpoint is required");
+  const std::string dir = samout::ckpt::resolve_checkpoint(FLAGS_checkpoint, "--checkpoint");
   require(FLAGS_device != "cuda" || torch::cuda::is_available(),
           "--device=cuda: no CUDA device available");
   if (FLAGS_threads > 0) torch::set_num_threads(FLAGS_threads);
@@ -167,96 +146,52 @@ int run() {
   const auto tok = load_tokenizer(dir, V);
   const int eos = static_cast<int>(tok->meta().eos_id);
 
-  // Prompts to ids; each prefilled alone (no padding can leak into a running max), then batched.
+  // Prompts to ids, prefilled as one batch.
   const int64_t B = static_cast<int64_t>(prompts.size());
-  samout::model::Session session(model, FLAGS_cuda_graph);
-  auto seen = torch::zeros({B, V}, torch::TensorOptions().dtype(torch::kBool).device(device));
-  std::vector<std::vector<int>> prompt_ids(B), out_ids(B);
-  std::vector<torch::Tensor> first_logits;
-  std::vector<samout::model::ModelState> states;
-  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::vector<int>> prompt_ids(B);
   int64_t prompt_tokens = 0;
   for (int64_t b = 0; b < B; ++b) {
-    std::vector<int> ids;
+    auto& ids = prompt_ids[b];
     if (FLAGS_prefix_eos && eos >= 0) ids.push_back(eos);
     std::vector<int> text_ids;
     tok->encode(prompts[b], &text_ids);
     require(!text_ids.empty(), "prompt " + std::to_string(b + 1) + " encodes to no tokens");
     ids.insert(ids.end(), text_ids.begin(), text_ids.end());
     prompt_tokens += static_cast<int64_t>(ids.size());
-    prompt_ids[b] = ids;
-    auto t =
-        torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).unsqueeze(0);
-    first_logits.push_back(session.prefill(t));
-    states.push_back(session.state());
-    seen[b].index_fill_(0, t[0].to(device), true);
   }
-  torch::Tensor logits = torch::cat(first_logits, /*dim=*/0);  // (B, V)
-  if (B > 1) {
-    samout::model::ModelState stacked;
-    for (size_t l = 0; l < states[0].size(); ++l) {
-      std::vector<torch::Tensor> rows;
-      for (const auto& s : states) rows.push_back(s[l]);
-      stacked.push_back(torch::cat(rows, /*dim=*/0));
-    }
-    session.set_state(std::move(stacked));
-  }
+  samout::model::Session session(model, FLAGS_cuda_graph);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto logits = samout::model::prefill_batch(session, prompt_ids);  // (B, V)
   const double prefill_s = seconds_since(t0);
 
-  // Generation: one step per token for the whole batch; a finished row keeps stepping (its tokens
-  // are dropped) so the batch keeps its shape.
   samout::model::Sampler sampler(sc, FLAGS_seed);
-  auto decode = [&](const std::vector<int>& ids) { return tok->decode(ids); };
-  std::vector<samout::model::TextStreamer> streams;
-  for (int64_t b = 0; b < B; ++b) streams.emplace_back(decode, prompt_ids[b].back());
-  std::vector<std::string> completions(B);
-  std::vector<bool> done(B, false);
+  samout::model::GenerationConfig gc;
+  gc.max_tokens = FLAGS_max_tokens;
+  gc.eos = FLAGS_stop_at_eos ? eos : -1;
   const bool stream_out = format == "text";
-  int64_t generated = 0, steps = 0;
+  auto print = [&](int64_t, const std::string& piece, bool last) {
+    if (!stream_out) return;
+    std::cout << piece << (last ? "\n" : "") << std::flush;
+  };
   const auto t1 = std::chrono::steady_clock::now();
-  for (int64_t n = 0; n < FLAGS_max_tokens; ++n) {
-    auto next = sampler.sample(logits, seen);  // (B,)
-    const auto host = next.to(torch::kCPU);
-    bool all_done = true;
-    for (int64_t b = 0; b < B; ++b) {
-      if (done[b]) continue;
-      const int id = static_cast<int>(host[b].item<int64_t>());
-      if (FLAGS_stop_at_eos && id == eos) {
-        done[b] = true;
-        continue;
-      }
-      ++generated;
-      out_ids[b].push_back(id);
-      const std::string piece = streams[b].push(id);
-      completions[b] += piece;
-      if (stream_out && !piece.empty()) std::cout << piece << std::flush;
-      all_done = false;
-    }
-    if (all_done || n + 1 == FLAGS_max_tokens) break;  // the last token needs no step after it
-    if (sc.repetition_penalty != 1.0) seen.scatter_(1, next.unsqueeze(1), true);
-    logits = session.step(next);
-    ++steps;
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    const std::string rest = streams[b].finish();
-    completions[b] += rest;
-    if (stream_out) std::cout << rest << "\n" << std::flush;
-  }
+  const auto out = samout::model::generate(
+      session, sampler, prompt_ids, logits, gc,
+      [&](const std::vector<int>& ids) { return tok->decode(ids); }, print);
   if (!stream_out) {
     for (int64_t b = 0; b < B; ++b)
       std::cout << nlohmann::json{{"prompt", prompts[b]},
-                                  {"completion", completions[b]},
+                                  {"completion", out.text[b]},
                                   {"prompt_ids", prompt_ids[b]},
-                                  {"ids", out_ids[b]}}
+                                  {"ids", out.ids[b]}}
                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
                 << "\n";
   }
   const double gen_s = seconds_since(t1);
   if (FLAGS_stats) {
     std::cerr << "prefill: " << prompt_tokens << " tokens in " << prefill_s * 1e3
-              << " ms; generated " << generated << " tokens (" << steps << " steps of batch " << B
-              << ") in " << gen_s << " s: " << (gen_s > 0 ? generated / gen_s : 0.0)
-              << " tokens/s, " << (steps > 0 ? gen_s / steps * 1e3 : 0.0) << " ms/step"
+              << " ms; generated " << out.tokens << " tokens (" << out.steps << " steps of batch "
+              << B << ") in " << gen_s << " s: " << (gen_s > 0 ? out.tokens / gen_s : 0.0)
+              << " tokens/s, " << (out.steps > 0 ? gen_s / out.steps * 1e3 : 0.0) << " ms/step"
               << (session.graph_captured() ? " (CUDA graph)" : "") << "\n";
   }
   return samout::kExitOk;

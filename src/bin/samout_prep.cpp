@@ -7,7 +7,7 @@
 
 #include "samout/common/error.h"
 #include "samout/common/flags_check.h"
-#include "samout/data/files.h"
+#include "samout/common/strings.h"
 #include "samout/data/h5.h"
 #include "samout/data/prep.h"
 
@@ -34,7 +34,8 @@ namespace {
 samout::data::PrepConfig config_from_flags(int argc, char** argv) {
   using samout::data::TextOptions;
   samout::data::PrepConfig c;
-  c.inputs = samout::data::split_list(FLAGS_input);
+  for (auto& input : samout::split_list(FLAGS_input))
+    if (!input.empty()) c.inputs.push_back(std::move(input));     // "a,,b" names two files
   for (int i = 1; i < argc; ++i) c.inputs.emplace_back(argv[i]);  // e.g. a shell-expanded glob
   c.output = FLAGS_output;
   c.train.vocab_size = FLAGS_vocab_size;

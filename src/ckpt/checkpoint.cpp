@@ -149,7 +149,7 @@ void CheckpointWriter::save(Snapshot s, bool async) {
 
 void CheckpointWriter::write(const Snapshot& s) {
   const auto t0 = std::chrono::steady_clock::now();
-  const std::string name = step_dir_name(s.step);
+  const std::string name = step_dir_name(s.state.step);
   const std::string tmp = dir_ + "/.tmp-" + name;
   fs::create_directories(tmp);
 
@@ -163,20 +163,9 @@ void CheckpointWriter::write(const Snapshot& s) {
     for (const auto& [k, v] : s.weights) named.insert(k, v);
     write_weights(tmp + "/model.h5", named);
     files.push_back("model.h5");
-    json state = {{"format", "samout-checkpoint"},
-                  {"version", 1},
-                  {"step", s.step},
-                  {"cursor", {{"epoch", s.cursor.epoch}, {"step", s.cursor.step}}},
-                  {"world", world_},
-                  {"run", s.run}};
-    std::string rng_hex;
-    for (unsigned char c : s.rng_state) {
-      char b[3];
-      std::snprintf(b, sizeof(b), "%02x", c);
-      rng_hex += b;
-    }
-    state["rng_cpu"] = rng_hex;
-    write_file_atomic(tmp + "/state.json", state.dump(2));
+    CheckpointState state = s.state;
+    state.world = world_;
+    write_file_atomic(tmp + "/state.json", state.to_json().dump(2));
     files.push_back("state.json");
     if (!s.tokenizer.empty()) {
       write_file_atomic(tmp + "/tokenizer.model", s.tokenizer);
@@ -201,7 +190,7 @@ void CheckpointWriter::write(const Snapshot& s) {
   // Rank 0: wait for every rank's list, then the manifest, then the rename that publishes it.
   json manifest = {{"format", "samout-checkpoint"},
                    {"version", 1},
-                   {"step", s.step},
+                   {"step", s.state.step},
                    {"world", world_},
                    {"files", json::object()}};
   for (int r = 0; r < world_; ++r) {
@@ -290,8 +279,6 @@ std::string find_latest_valid(const std::string& dir, std::vector<std::string>* 
   }
   return "";
 }
-
-json read_state(const std::string& step_dir) { return read_json(step_dir + "/state.json"); }
 
 int64_t read_optimizer_range(const std::string& step_dir, int64_t total, int64_t begin, int64_t end,
                              torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "samout/common/error.h"
+#include "samout/common/strings.h"
 
 namespace samout {
 
@@ -69,13 +70,10 @@ std::string kind_of(const std::string& type) {
 }
 
 // gflags' ParseFlagList: a comma-separated list with no empty entry and no entry starting with '-'.
-bool split_list(const std::string& list, std::vector<std::string>* out) {
-  for (size_t pos = 0; pos < list.size();) {  // "a," is a list of one, as in gflags
-    const size_t comma = std::min(list.find(',', pos), list.size());
-    const std::string item = list.substr(pos, comma - pos);
+bool split_flag_list(const std::string& list, std::vector<std::string>* out) {
+  for (const auto& item : split_list(list)) {
     if (item.empty() || item[0] == '-') return false;
     out->push_back(item);
-    pos = comma + 1;
   }
   return true;
 }
@@ -160,13 +158,13 @@ class Checker {
     } else if (info.name == "fromenv" || info.name == "tryfromenv") {
       fromenv(value, info.name == "fromenv", where);
     } else if (info.name == "undefok") {
-      split_list(value, &undefok_);
+      split_flag_list(value, &undefok_);
     }
   }
 
   void flagfiles(const std::string& list, const std::string& where) {
     std::vector<std::string> files;
-    if (!split_list(list, &files))
+    if (!split_flag_list(list, &files))
       return problem(where + "--flagfile=" + list +
                      ": a comma-separated list of files, with no empty entry");
     for (const auto& f : files) flagfile(f, where);
@@ -242,7 +240,7 @@ class Checker {
   void fromenv(const std::string& list, bool required, const std::string& where) {
     const std::string what = where + (required ? "--fromenv=" : "--tryfromenv=") + list;
     std::vector<std::string> names;
-    if (!split_list(list, &names))
+    if (!split_flag_list(list, &names))
       return problem(what + ": a comma-separated list of flags, with no empty entry");
     for (const auto& name : names) {
       gflags::CommandLineFlagInfo info;

@@ -44,16 +44,4 @@ std::vector<std::string> expand_globs(const std::vector<std::string>& patterns) 
   return out;
 }
 
-std::vector<std::string> split_list(const std::string& list, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= list.size()) {
-    size_t end = list.find(sep, start);
-    if (end == std::string::npos) end = list.size();
-    if (end > start) out.push_back(list.substr(start, end - start));
-    start = end + 1;
-  }
-  return out;
-}
-
 }  // namespace samout::data

@@ -5,19 +5,9 @@
 
 #include <algorithm>
 
-namespace samout::data {
+#include "samout/common/strings.h"
 
-namespace {
-std::string format_duration(double s) {
-  const int64_t t = static_cast<int64_t>(s + 0.5);
-  char buf[32];
-  if (t >= 3600)
-    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%ld:%02ld", t / 60, t % 60);
-  return buf;
-}
-}  // namespace
+namespace samout::data {
 
 Progress::Progress(std::string label, int64_t total_bytes, int interactive, FILE* out)
     : label_(std::move(label)),

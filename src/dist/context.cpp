@@ -56,16 +56,14 @@ DistContext init_distributed(int* argc, char*** argv) {
   return ctx;
 }
 
-void select_device(DistContext& ctx, const std::string& device, const std::string& comm) {
-  require(device == "auto" || device == "cpu" || device == "cuda",
-          "--device must be auto, cpu or cuda, got '" + device + "'");
-  require(comm == "auto" || comm == "nccl" || comm == "mpi",
-          "--comm must be auto, nccl or mpi, got '" + comm + "'");
+void select_device(DistContext& ctx, DeviceRequest device, CommRequest comm) {
   const int64_t gpus = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
-  require(device != "cuda" || gpus > 0, "--device=cuda but no CUDA device is visible");
-  const bool cuda = device != "cpu" && gpus > 0;
-  require(cuda || comm != "nccl", "--comm=nccl needs CUDA devices; this run is on the CPU");
-  ctx.comm = cuda && comm != "mpi" ? CommKind::kNccl : CommKind::kMpi;
+  require(device != DeviceRequest::kCuda || gpus > 0,
+          "--device=cuda but no CUDA device is visible");
+  const bool cuda = device != DeviceRequest::kCpu && gpus > 0;
+  require(cuda || comm != CommRequest::kNccl,
+          "--comm=nccl needs CUDA devices; this run is on the CPU");
+  ctx.comm = cuda && comm != CommRequest::kMpi ? CommKind::kNccl : CommKind::kMpi;
   if (!cuda) return;
   if (ctx.comm == CommKind::kNccl) {
     require(

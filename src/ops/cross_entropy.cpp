@@ -10,7 +10,7 @@ class CrossEntropySum : public torch::autograd::Function<CrossEntropySum> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& logits,
                                const torch::Tensor& targets, int64_t ignore_index) {
-    if (cross_entropy_fused_applies(logits)) {
+    if (cross_entropy_uses_fused(logits)) {
       torch::Tensor row_loss, grad;
       cross_entropy_forward_cpu(logits, targets, ignore_index, row_loss, ctx ? &grad : nullptr);
       if (ctx) ctx->save_for_backward({grad});

@@ -130,7 +130,7 @@ const bool kAvx2 = cpu_has_avx2_fma();
 
 }  // namespace
 
-bool cross_entropy_fused_applies(const torch::Tensor& logits) {
+bool cross_entropy_uses_fused(const torch::Tensor& logits) {
   return logits.is_cpu() && logits.scalar_type() == torch::kFloat32 && logits.dim() == 2 &&
          logits.is_contiguous() && logits.size(1) > 0;
 }

@@ -2,7 +2,6 @@
 #include "samout/train/flags.h"
 
 #include <gflags/gflags.h>
-#include <mpi.h>
 
 #include <cmath>
 #include <cstdio>
@@ -11,7 +10,8 @@
 #include <vector>
 
 #include "samout/common/error.h"
-#include "samout/dist/checks.h"
+#include "samout/common/strings.h"
+#include "samout/dist/agree.h"
 
 // ---- model
 DEFINE_int64(vocab_size, 0, "vocabulary size; 0 = the corpus's (required for random: data)");
@@ -97,7 +97,24 @@ constexpr double kMaxCommTimeoutS = 86400;  // a day
 const std::set<std::string> kRankLocalFlags = {"threads",      "prefetch",     "cpu_cache_mb",
                                                "metrics_file", "save_weights", "peak_tflops"};
 
+// One of a flag's named values, as an enum: "--optimizer must be adam or adamw, got 'sgd'".
+template <typename E>
+E choice(const char* flag, const std::string& value,
+         std::initializer_list<std::pair<const char*, E>> choices) {
+  std::string names;
+  size_t i = 0;
+  for (const auto& [name, e] : choices) {
+    if (value == name) return e;
+    if (i > 0) names += i + 1 == choices.size() ? " or " : ", ";
+    names += name;
+    ++i;
+  }
+  throw UsageError(std::string("--") + flag + " must be " + names + ", got '" + value + "'");
+}
+
 }  // namespace
+
+const char* to_string(Optimizer o) { return o == Optimizer::kAdamW ? "adamw" : "adam"; }
 
 TrainConfig config_from_flags() {
   TrainConfig c;
@@ -116,17 +133,24 @@ TrainConfig config_from_flags() {
   c.tokens = FLAGS_tokens;
   c.lr = FLAGS_lr;
   c.min_lr = FLAGS_min_lr;
-  c.lr_schedule = FLAGS_lr_schedule;
+  c.lr_schedule =
+      choice<LrSchedule>("lr_schedule", FLAGS_lr_schedule,
+                         {{"constant", LrSchedule::kConstant}, {"cosine", LrSchedule::kCosine}});
   c.warmup_steps = FLAGS_warmup_steps;
-  c.optimizer = FLAGS_optimizer;
+  c.optimizer = choice<Optimizer>("optimizer", FLAGS_optimizer,
+                                  {{"adam", Optimizer::kAdam}, {"adamw", Optimizer::kAdamW}});
   c.beta1 = FLAGS_beta1;
   c.beta2 = FLAGS_beta2;
   c.eps = FLAGS_eps;
   c.weight_decay = FLAGS_weight_decay;
   c.grad_clip = FLAGS_grad_clip;
   c.seed = FLAGS_seed;
-  c.device = FLAGS_device;
-  c.precision = FLAGS_precision;
+  c.device = choice<dist::DeviceRequest>("device", FLAGS_device,
+                                         {{"auto", dist::DeviceRequest::kAuto},
+                                          {"cpu", dist::DeviceRequest::kCpu},
+                                          {"cuda", dist::DeviceRequest::kCuda}});
+  c.precision = choice<Precision>("precision", FLAGS_precision,
+                                  {{"fp32", Precision::kFp32}, {"bf16", Precision::kBf16}});
   c.tf32 = FLAGS_tf32;
   c.threads = FLAGS_threads;
   c.cpu_cache_mb = FLAGS_cpu_cache_mb;
@@ -146,20 +170,19 @@ TrainConfig config_from_flags() {
   c.max_bad_steps = FLAGS_max_bad_steps;
   c.debug_kill_in_save = FLAGS_debug_kill_in_save;
   c.debug_sync_check = FLAGS_debug_sync_check;
-  for (size_t pos = 0; pos < FLAGS_debug_nan_steps.size();) {
-    const size_t comma =
-        std::min(FLAGS_debug_nan_steps.find(',', pos), FLAGS_debug_nan_steps.size());
-    const std::string item = FLAGS_debug_nan_steps.substr(pos, comma - pos);
+  for (const auto& item : split_list(FLAGS_debug_nan_steps)) {
     try {
       c.debug_nan_steps.push_back(std::stoll(item));
     } catch (const std::exception&) {
       throw UsageError("--debug_nan_steps: '" + item + "' is not a step number");
     }
-    pos = comma + 1;
   }
   c.bucket_mb = FLAGS_bucket_mb;
   c.comm_timeout_s = FLAGS_comm_timeout_s;
-  c.comm = FLAGS_comm;
+  c.comm = choice<dist::CommRequest>("comm", FLAGS_comm,
+                                     {{"auto", dist::CommRequest::kAuto},
+                                      {"nccl", dist::CommRequest::kNccl},
+                                      {"mpi", dist::CommRequest::kMpi}});
   c.context_parallel = FLAGS_context_parallel;
 
   auto positive = [](int64_t v, const char* name) {
@@ -210,12 +233,6 @@ TrainConfig config_from_flags() {
   within(c.threads, "threads", 0, kMaxThreads);
   within(c.prefetch, "prefetch", 0, 1024);
   within(c.debug_kill_in_save, "debug_kill_in_save", -1, INT64_MAX);
-  require(c.lr_schedule == "constant" || c.lr_schedule == "cosine",
-          "--lr_schedule must be constant or cosine, got '" + c.lr_schedule + "'");
-  require(c.optimizer == "adam" || c.optimizer == "adamw",
-          "--optimizer must be adam or adamw, got '" + c.optimizer + "'");
-  require(c.precision == "fp32" || c.precision == "bf16",
-          "--precision must be fp32 or bf16, got '" + c.precision + "'");
   require(c.cpu_cache_mb >= 0,
           "--cpu_cache_mb must be >= 0, got " + std::to_string(c.cpu_cache_mb));
   within(c.cpu_cache_mb, "cpu_cache_mb", 0, int64_t{1} << 30);  // MB: at most 1 PB, no overflow
@@ -267,11 +284,7 @@ std::vector<std::string> split_lines(const std::string& s) {
 }  // namespace
 
 std::string compare_with_root() {
-  std::string mine = run_flags(), root = mine;
-  int64_t n = static_cast<int64_t>(root.size());
-  SAMOUT_MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
-  root.resize(static_cast<size_t>(n));
-  SAMOUT_MPI_CHECK(MPI_Bcast(root.data(), static_cast<int>(n), MPI_CHAR, 0, MPI_COMM_WORLD));
+  const std::string mine = run_flags(), root = dist::broadcast_from_root(mine);
   if (root == mine) return "";
   const auto a = split_lines(mine), b = split_lines(root);
   for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
@@ -284,8 +297,7 @@ std::string compare_with_root() {
 
 bool agree_no_error(const dist::DistContext& ctx, const std::string& error, const char* program) {
   const int mine = error.empty() ? ctx.world : ctx.rank;
-  int first = mine;
-  SAMOUT_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  const int first = dist::min_over_ranks(mine);
   if (first == ctx.world) return true;
   if (first == ctx.rank) {
     const std::string who = ctx.is_root() ? "" : "rank " + std::to_string(ctx.rank) + ": ";

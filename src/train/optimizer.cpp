@@ -50,9 +50,9 @@ void FlatAdam::step(double lr, const torch::Tensor& found_inf) {
 }
 
 double learning_rate(int64_t step, int64_t total, double lr, double min_lr, int64_t warmup,
-                     const std::string& schedule) {
+                     LrSchedule schedule) {
   if (warmup > 0 && step < warmup) return lr * static_cast<double>(step + 1) / warmup;
-  if (schedule != "cosine" || total <= warmup) return lr;
+  if (schedule != LrSchedule::kCosine || total <= warmup) return lr;
   const double progress =
       std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(total - warmup));
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));

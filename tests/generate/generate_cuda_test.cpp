@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "samout/model/generate.h"
+#include "samout/model/session.h"
 #include "samout/ops/cummax_gate.h"
 #include "session_fixture.h"
 
@@ -44,9 +44,9 @@ TEST_F(SessionCuda, CudaGraphMatchesEager) {
   }
 }
 
-// The same weights (the same seed) on both devices, fp32, eager: the CPU session's prefill runs the
-// modules and its steps the hand-written decode step (B <= ops::kGemvMaxRows); the GPU session runs
-// the modules with cuBLAS and the CUDA gate kernel. Logits and every layer's state agree within
+// The same weights (the same seed) on both devices, fp32, eager: the CPU session's steps run their
+// products on the GEMV (B <= ops::kGemvMaxRows); the GPU session runs cuBLAS and the CUDA gate
+// kernel. Logits and every layer's state agree within
 // fp32 rounding (1e-4 of the largest value, as the CPU step test allows).
 TEST_F(SessionCuda, GpuEagerMatchesCpuEager) {
   constexpr double kRtol = 1e-4;

@@ -1,5 +1,6 @@
-// Helpers shared by the Session tests (generate_test.cpp on the CPU, generate_cuda_test.cpp on the
-// GPU): a small model whose every parameter matters, and a closeness check scaled to the values.
+// Helpers shared by the generation tests (session_test.cpp and generation_test.cpp on the CPU,
+// generate_cuda_test.cpp on the GPU): a small model whose every parameter matters, and a closeness
+// check scaled to the values.
 #pragma once
 
 #include <gtest/gtest.h>

@@ -1,6 +1,7 @@
 // Tests of samout/ops/gemv.h: the small-batch product against at::linear in double, over batch
 // sizes, K with and without a K % 8 tail, N with and without a tail of W's 4-row blocks, with and
-// without bias; its independence of the thread count; and the cases that must go to at::linear.
+// without bias; its independence of the thread count; the cases that must go to at::linear; and
+// ops::linear's choice between the two.
 #include "samout/ops/gemv.h"
 
 #include <ATen/Parallel.h>
@@ -9,6 +10,8 @@
 #include <algorithm>
 #include <limits>
 #include <string>
+
+#include "samout/ops/linear.h"
 
 namespace samout::ops {
 namespace {
@@ -132,6 +135,25 @@ TEST(Gemv, OtherCasesGoToLinear) {
   }
   // Shape errors are at::linear's.
   EXPECT_THROW(linear_rows(torch::randn({2, 23}), w, b), c10::Error);
+}
+
+TEST(Gemv, LinearTakesItUnlessAtLinearOnly) {
+  // ops::linear sends a few fp32 rows to the GEMV; under AtLinearOnlyGuard (bench_generate's
+  // baseline) to at::linear, and the guards nest.
+  torch::manual_seed(6);
+  const auto w = torch::randn({300, 512}), b = torch::randn({300}), x = torch::randn({1, 512});
+  EXPECT_TRUE(torch::equal(linear(x, w, b), linear_rows(x, w, b)));
+  {
+    AtLinearOnlyGuard outer;
+    {
+      AtLinearOnlyGuard inner;
+      EXPECT_TRUE(torch::equal(linear(x, w, b), at::linear(x, w, b)));
+    }
+    EXPECT_TRUE(torch::equal(linear(x, w, b), at::linear(x, w, b)));
+  }
+  EXPECT_TRUE(torch::equal(linear(x, w, b), linear_rows(x, w, b)));
+  // The two paths differ in rounding here, so the checks above tell them apart.
+  EXPECT_FALSE(torch::equal(linear_rows(x, w, b), at::linear(x, w, b)));
 }
 
 TEST(Gemv, ReportsItsKernel) {

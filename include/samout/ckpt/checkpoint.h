@@ -26,16 +26,14 @@
 #include <utility>
 #include <vector>
 
+#include "samout/ckpt/state.h"
 #include "samout/data/loader.h"
 
 namespace samout::ckpt {
 
 // What one rank contributes, already copied into host memory (the only part a save stalls on).
 struct Snapshot {
-  int64_t step = 0;       // optimizer steps completed
-  data::Cursor cursor;    // loader cursor of the next batch
-  nlohmann::json run;     // flags that shape the model and the run (rank 0)
-  std::string rng_state;  // torch CPU generator state bytes (rank 0)
+  CheckpointState state;  // step and cursor on every rank; run and rng_cpu from rank 0
   std::string tokenizer;  // serialized SentencePiece model (rank 0; "" = none)
   std::vector<std::pair<std::string, torch::Tensor>> weights;  // rank 0 only; empty elsewhere
   torch::Tensor flat_weights;  // rank 0: every weight in one buffer (the views above point into
@@ -52,7 +50,7 @@ class CheckpointWriter {
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
-  // Writes `s` as checkpoint step_<s.step>. Waits for the previous save first. With async the
+  // Writes `s` as checkpoint step_<s.state.step>. Waits for the previous save first. With async the
   // files are written by a background thread and save() returns at once.
   void save(Snapshot s, bool async);
   // Waits for the save in flight; throws std::runtime_error if it failed.
@@ -79,8 +77,6 @@ std::string verify(const std::string& step_dir);
 // The newest checkpoint in `dir` that verifies; "" if none. Each checkpoint skipped (and why) is
 // appended to `skipped`.
 std::string find_latest_valid(const std::string& dir, std::vector<std::string>* skipped);
-
-nlohmann::json read_state(const std::string& step_dir);  // throws UsageError
 
 // Fills exp_avg / exp_avg_sq ([end - begin]) for range [begin, end) of the flat layout from the
 // optimizer files of `step_dir`, whatever ranges they were written in (resume at another world

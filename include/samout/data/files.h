@@ -14,7 +14,4 @@ std::vector<std::string> expand_glob(const std::string& pattern);
 // Expands every pattern in order, concatenating the results (each pattern's matches sorted).
 std::vector<std::string> expand_globs(const std::vector<std::string>& patterns);
 
-// Splits "a,b,,c" into {"a","b","c"}: the comma-separated list form of a flag.
-std::vector<std::string> split_list(const std::string& list, char sep = ',');
-
 }  // namespace samout::data

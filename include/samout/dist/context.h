@@ -15,6 +15,10 @@ namespace samout::dist {
 // host memory) or NCCL (CUDA ranks, one GPU each).
 enum class CommKind { kMpi, kNccl };
 
+// What --device and --comm ask for (parsed in train/flags.cpp); select_device() decides.
+enum class DeviceRequest { kAuto, kCpu, kCuda };
+enum class CommRequest { kAuto, kNccl, kMpi };
+
 struct DistContext {
   int rank = 0, world = 1;              // in MPI_COMM_WORLD
   int local_rank = 0, local_world = 1;  // among the ranks on this node (MPI_COMM_TYPE_SHARED)
@@ -29,12 +33,12 @@ struct DistContext {
 // and the rank's place on its node. The device is CPU until select_device().
 DistContext init_distributed(int* argc, char*** argv);
 
-// Device and communicator choice. device: "auto" (a GPU when one is visible), "cpu" or "cuda".
-// comm: "auto" (NCCL on GPUs, MPI on CPUs), "nccl" or "mpi". One GPU per local rank
+// Device and communicator choice. device: auto (a GPU when one is visible), cpu or cuda.
+// comm: auto (NCCL on GPUs, MPI on CPUs), nccl or mpi. One GPU per local rank
 // (cudaSetDevice); with --comm=mpi several ranks may share a GPU (NCCL refuses that), which is for
 // testing multi-rank logic on one card. Throws UsageError when "cuda" is asked for and there is
 // none, when a node has more ranks than GPUs under NCCL, and for NCCL on the CPU.
-void select_device(DistContext& ctx, const std::string& device, const std::string& comm);
+void select_device(DistContext& ctx, DeviceRequest device, CommRequest comm);
 
 // Blocks until every rank arrives (used at start-up and shutdown only).
 void barrier();

@@ -19,7 +19,7 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
 
 // ---- The fused CPU forward (cross_entropy_cpu.cpp) -------------------------------------------------
 // True for contiguous 2-D fp32 CPU logits: cross_entropy_sum then takes the kernel below.
-bool cross_entropy_fused_applies(const torch::Tensor& logits);
+bool cross_entropy_uses_fused(const torch::Tensor& logits);
 // Per-row losses (N,) (0 on ignored rows) and, when grad is given, the gradient of their sum in a new
 // (N, V) tensor: softmax - one_hot, zero on ignored rows. A row holding NaN or +inf gets a NaN loss and
 // gradient, as in torch. Targets outside [0, V) other than ignore_index are an error. allow_simd =

@@ -1,8 +1,9 @@
 // gemv: y = x @ W^T + b for a handful of rows of x (batch-1..8 decoding), fp32 on the CPU.
 //
-// Why not at::linear: at batch 1, nn::Linear on the CPU is MKL's sgemm with M = 1, which on the
-// AMD Zen 3 development machine streams the weights at ~60% of the memory bandwidth and does not
-// scale to a second core (bench/generate/bench_generate). A product with so few rows of x does
+// Why not at::linear: at batch 1, nn::Linear on the CPU is MKL's sgemm with M = 1, which streams
+// the weights well below the memory bandwidth and does not scale to a second core. A decode step
+// through the modules is 1.9-2.3x faster on this GEMV than on at::linear at 1 thread and 2.5-3.2x
+// at 2 (bench_generate; bench/RESULTS.md, issue 14 item 2). A product with so few rows of x does
 // ~2 flops per weight loaded, so it is bound by reading W once: what matters is that every weight
 // row is streamed exactly once (for all rows of x together), sequentially, by all threads at once.
 //
@@ -38,7 +39,7 @@ torch::Tensor linear_rows(const torch::Tensor& x, const torch::Tensor& weight,
 bool linear_rows_fast(const torch::Tensor& x, const torch::Tensor& weight,
                       const c10::optional<torch::Tensor>& bias = c10::nullopt);
 
-// The kernel itself on raw row-major buffers, for callers that own their buffers (the decode step):
+// The kernel itself on raw row-major buffers:
 // y[r][n] = sum_k x[r][k] * w[n][k] (+ bias[n] when bias is non-null), r < rows, n < N.
 // x: rows x K (row stride K), w: N x K (row stride K), y: rows x N (row stride N), y must not
 // overlap x or w. Any rows >= 1 works: each weight row is read from memory once for all rows of x

@@ -6,9 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "samout/dist/context.h"
 #include "samout/model/config.h"
 
 namespace samout::train {
+
+enum class Optimizer { kAdam, kAdamW };  // adam (the seed's) | adamw
+enum class LrSchedule { kConstant, kCosine };
+enum class Precision { kFp32, kBf16 };  // bf16: autocast, GPU only
+const char* to_string(Optimizer o);     // "adam" | "adamw", as the flag and checkpoints spell it
 
 struct TrainConfig {
   model::ModelConfig model;  // vocab_size 0 = take the corpus's
@@ -29,20 +35,20 @@ struct TrainConfig {
   int64_t tokens = 0;
 
   // Optimizer and schedule
-  std::string optimizer = "adam";  // adam (the seed's) | adamw
+  Optimizer optimizer = Optimizer::kAdam;
   double lr = 1e-3, min_lr = 0.0;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
-  std::string lr_schedule = "constant";  // constant | cosine (after warmup)
+  LrSchedule lr_schedule = LrSchedule::kConstant;  // cosine: after warmup
   int64_t warmup_steps = 0;
   double grad_clip = 0.0;  // max global grad norm; 0 = off
 
   // Run
   uint64_t seed = 0;
-  std::string device = "auto";
-  std::string precision = "fp32";  // fp32 | bf16 (autocast, GPU only)
-  bool tf32 = false;               // GPU fp32 products on TF32 tensor cores
-  int threads = 0;                 // intra-op threads per rank; 0 = cores / ranks on the node
-  int64_t cpu_cache_mb = 2048;     // free CPU memory the caching allocator keeps; 0 = c10's own
+  dist::DeviceRequest device = dist::DeviceRequest::kAuto;
+  Precision precision = Precision::kFp32;
+  bool tf32 = false;            // GPU fp32 products on TF32 tensor cores
+  int threads = 0;              // intra-op threads per rank; 0 = cores / ranks on the node
+  int64_t cpu_cache_mb = 2048;  // free CPU memory the caching allocator keeps; 0 = c10's own
   int64_t log_every = 10;
   std::string metrics_file;
   int64_t eval_every = 0;  // 0 = only at the end (when val_data is set)
@@ -68,8 +74,8 @@ struct TrainConfig {
   // Communication
   int64_t bucket_mb = 25;
   double comm_timeout_s = 300;
-  std::string comm = "auto";  // auto | nccl | mpi (dist/context.h)
-  int context_parallel = 1;   // N ranks share each sequence, T/N tokens each
+  dist::CommRequest comm = dist::CommRequest::kAuto;  // dist/context.h
+  int context_parallel = 1;  // N ranks share each sequence, T/N tokens each
 };
 
 }  // namespace samout::train

@@ -10,6 +10,8 @@
 
 #include <string>
 
+#include "samout/train/config.h"
+
 namespace samout::train {
 
 struct AdamOptions {
@@ -41,6 +43,6 @@ class FlatAdam {
 // Learning rate at `step` (0-based): linear warmup to `lr` over `warmup` steps, then constant or
 // cosine decay to `min_lr` at `total` steps.
 double learning_rate(int64_t step, int64_t total, double lr, double min_lr, int64_t warmup,
-                     const std::string& schedule);
+                     LrSchedule schedule);
 
 }  // namespace samout::train
