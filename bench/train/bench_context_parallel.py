@@ -28,7 +28,7 @@ def run(exe, n, cp, seq_len, args, tmp):
         exe, "--device=cpu", f"--seq_len={seq_len}", f"--context_parallel={cp}", "--log_every=1",
         f"--steps={args.steps}", f"--batch_size={args.batch_size}", f"--hidden={args.hidden}",
         f"--layers={args.layers}", "--heads=8", f"--vocab_size={args.vocab_size}",
-        "--data=random:1", "--threads=1", "--cpu_cache_mb=0", f"--metrics_file={m}"]
+        "--data=random:1", "--threads=1", f"--metrics_file={m}"]
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"bench_context_parallel: {' '.join(cmd)} failed:\n{p.stderr[-2000:]}")

@@ -64,7 +64,7 @@ def parse_args():
                    help="alternate samout and PyTorch this many times; the median ratio is reported")
     p.add_argument("--keep", default="", help="keep samout's metrics files in this folder")
     p.add_argument("--samout_flags", default="",
-                   help="extra samout_ddp flags, space-separated (e.g. --cpu_cache_mb=0)")
+                   help="extra samout_ddp flags, space-separated (e.g. --zero=1)")
     p.add_argument("--samout_env", default="",
                    help="extra environment of the samout runs only, space-separated K=V pairs")
     return p.parse_args()

@@ -38,15 +38,11 @@ int main(int argc, char** argv) {
     int64_t bytes = 1 << 20;  // the container's own overhead, generously
     for (const auto& [k, v] : weights) bytes += v.numel() * 4;
     samout::check_output_file("output", out, bytes);  // the space, now that the size is known
-    try {
-      if (out.size() > 3 && out.compare(out.size() - 3, 3, ".h5") == 0) {
-        samout::ckpt::write_weights(out, named);
-      } else {
-        samout::ckpt::write_torch_weights(out, named);
-      }
-    } catch (...) {
-      samout::remove_partial_output(out);  // a full disk leaves no half-written file behind
-      throw;
+    // Both writers publish by rename and remove their temporary file when they fail.
+    if (out.size() > 3 && out.compare(out.size() - 3, 3, ".h5") == 0) {
+      samout::ckpt::write_weights(out, named);
+    } else {
+      samout::ckpt::write_torch_weights(out, named);
     }
     std::cout << "exported " << named.size() << " tensors of " << dir << " to " << out << "\n";
     return samout::kExitOk;

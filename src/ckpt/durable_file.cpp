@@ -26,10 +26,15 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   const std::string part = path + ".part";
   std::FILE* f = std::fopen(part.c_str(), "wb");
   if (!f) throw std::runtime_error("cannot create " + part);
-  const bool ok =
-      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0;
-  if (std::fclose(f) != 0 || !ok) throw std::runtime_error("cannot write " + part);
-  publish_file(part, path);
+  try {
+    const bool ok =
+        std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0;
+    if (std::fclose(f) != 0 || !ok) throw std::runtime_error("cannot write " + part);
+    publish_file(part, path);
+  } catch (...) {
+    std::remove(part.c_str());  // a full disk leaves no half-written file behind
+    throw;
+  }
 }
 
 }  // namespace samout::ckpt

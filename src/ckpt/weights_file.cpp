@@ -23,7 +23,7 @@ using data::H5Id;
 void write_weights(const std::string& path,
                    const torch::OrderedDict<std::string, torch::Tensor>& named) {
   const std::string tmp = path + ".tmp";
-  {
+  try {
     H5Id file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
     if (!file.valid()) throw std::runtime_error("cannot create " + tmp);
     for (const auto& kv : named) {
@@ -38,8 +38,12 @@ void write_weights(const std::string& path,
         throw std::runtime_error("cannot write " + kv.key() + " to " + tmp);
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) throw std::runtime_error("cannot flush " + tmp);
+    file.reset();  // closed before it is published (or removed)
+    publish_file(tmp, path);
+  } catch (...) {
+    std::remove(tmp.c_str());  // a full disk leaves no half-written file behind
+    throw;
   }
-  publish_file(tmp, path);
 }
 
 void write_torch_weights(const std::string& path,

@@ -64,8 +64,4 @@ void check_input_file(const std::string& flag, const std::string& path, int64_t 
                                        std::to_string(max_bytes) + ")");
 }
 
-void remove_partial_output(const std::string& path) {
-  for (const char* suffix : {".tmp", ".part"}) std::remove((path + suffix).c_str());
-}
-
 }  // namespace samout

@@ -126,18 +126,23 @@ class MpiCommunicator final : public Communicator {
     std::string what;
   };
 
-  // MPI_Wait has no deadline: test in a loop so that a dead peer cannot hang us. Between
-  // unsuccessful tests, back off a little so that a waiting rank does not steal a core from a peer
-  // that is still computing on the same node.
+  // MPI_Wait has no deadline: test in a loop so that a dead peer cannot hang us. The first
+  // kSpinS of a wait spin on MPI_Test: a small collective needs several tests to progress, and each
+  // sleep costs ~50 us of timer slack (a floor of ~200 us per collective, bench_allreduce). After
+  // that, back off a little so that a waiting rank does not steal a core from a peer that is still
+  // computing on the same node.
   void wait_one(MPI_Request* req, const std::string& what,
                 std::chrono::steady_clock::time_point start) const {
+    constexpr double kSpinS = 200e-6;
+    const auto begin = std::chrono::steady_clock::now();
     int done = 0;
     while (*req != MPI_REQUEST_NULL) {
       SAMOUT_MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
       if (done) break;
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const auto now = std::chrono::steady_clock::now();
+      if (std::chrono::duration<double>(now - begin).count() > kSpinS)
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      const double waited = std::chrono::duration<double>(now - start).count();
       if (waited > timeout_s_)
         abort_job("MPI " + what + " of step " + std::to_string(step_) +
                   " did not complete within --comm_timeout_s=" + std::to_string(timeout_s_) +

@@ -44,8 +44,6 @@ DEFINE_string(device, "auto", "auto | cpu | cuda");
 DEFINE_string(precision, "fp32", "fp32 | bf16 (autocast; GPU only)");
 DEFINE_bool(tf32, false, "GPU fp32 products on TF32 tensor cores (MFU then uses the TF32 peak)");
 DEFINE_int32(threads, 0, "intra-op threads per rank; 0 = cores / ranks on the node");
-DEFINE_int64(cpu_cache_mb, 2048,
-             "MB of freed CPU tensor memory kept for reuse (train/cpu_allocator.h); 0 = off");
 DEFINE_int64(log_every, 10, "log a line every N steps");
 DEFINE_string(metrics_file, "", "JSONL file of per-step metrics (rank 0 writes it)");
 DEFINE_int64(eval_every, 0, "evaluate every N steps (0 = at the end only)");
@@ -94,8 +92,8 @@ constexpr double kMaxCommTimeoutS = 86400;  // a day
 
 // Flags that may differ between ranks: they do not change what any rank computes or when it
 // communicates (rank 0 alone writes the metrics and the final weights).
-const std::set<std::string> kRankLocalFlags = {"threads",      "prefetch",     "cpu_cache_mb",
-                                               "metrics_file", "save_weights", "peak_tflops"};
+const std::set<std::string> kRankLocalFlags = {"threads", "prefetch", "metrics_file",
+                                               "save_weights", "peak_tflops"};
 
 // One of a flag's named values, as an enum: "--optimizer must be adam or adamw, got 'sgd'".
 template <typename E>
@@ -153,7 +151,6 @@ TrainConfig config_from_flags() {
                                   {{"fp32", Precision::kFp32}, {"bf16", Precision::kBf16}});
   c.tf32 = FLAGS_tf32;
   c.threads = FLAGS_threads;
-  c.cpu_cache_mb = FLAGS_cpu_cache_mb;
   c.log_every = FLAGS_log_every;
   c.metrics_file = FLAGS_metrics_file;
   c.eval_every = FLAGS_eval_every;
@@ -233,9 +230,6 @@ TrainConfig config_from_flags() {
   within(c.threads, "threads", 0, kMaxThreads);
   within(c.prefetch, "prefetch", 0, 1024);
   within(c.debug_kill_in_save, "debug_kill_in_save", -1, INT64_MAX);
-  require(c.cpu_cache_mb >= 0,
-          "--cpu_cache_mb must be >= 0, got " + std::to_string(c.cpu_cache_mb));
-  within(c.cpu_cache_mb, "cpu_cache_mb", 0, int64_t{1} << 30);  // MB: at most 1 PB, no overflow
   positive(c.log_every, "log_every");
   require(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1, got " + std::to_string(c.zero));
   require(c.ckpt_every >= 0, "--ckpt_every must be >= 0, got " + std::to_string(c.ckpt_every));

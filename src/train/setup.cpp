@@ -16,7 +16,7 @@
 #include "samout/common/error.h"
 #include "samout/common/file_checks.h"
 #include "samout/dist/agree.h"
-#include "samout/train/cpu_allocator.h"
+#include "samout/train/cpu_memory.h"
 #include "samout/train/mfu.h"
 
 #ifdef SAMOUT_HAVE_CUDA
@@ -50,8 +50,8 @@ void Trainer::setup() {
   choose_peak();
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(cfg_.threads > 0 ? cfg_.threads : std::max(1, hw / ctx_.local_world));
-  // Before the model and the flat buffers exist, so that they too come from it.
-  if (!ctx_.device.is_cuda()) install_caching_cpu_allocator(static_cast<size_t>(cfg_.cpu_cache_mb));
+  // Before the model and the flat buffers are allocated.
+  if (!ctx_.device.is_cuda()) keep_freed_cpu_memory();
 
   data::LoaderConfig lc;
   lc.spec = cfg_.data;

@@ -14,7 +14,6 @@
 #include "samout/common/strings.h"
 #include "samout/dist/agree.h"
 #include "samout/dist/checks.h"
-#include "samout/train/cpu_allocator.h"
 #include "samout/train/flags.h"
 #include "samout/train/mfu.h"
 #include "samout/train/preemption.h"
@@ -105,10 +104,6 @@ void Trainer::train() {
                                << " tokens in " << format_duration(wall) << ", mean "
                                << static_cast<int64_t>(tokens_done_ / std::max(wall, 1e-9))
                                << " tokens/s";
-  if (const auto a = caching_cpu_allocator_stats(); ctx_.is_root() && a.hits + a.misses > 0)
-    LOG(INFO) << "CPU allocator: " << a.hits << " of " << a.hits + a.misses
-              << " large allocations served from its cache, " << (a.cached_bytes >> 20)
-              << " MB cached at the end";
   if (ctx_.is_root() && !cfg_.save_weights.empty()) {
     ckpt::write_weights(cfg_.save_weights, model_->named_parameters());
     LOG(INFO) << "weights written to " << cfg_.save_weights;
@@ -216,7 +211,6 @@ void Trainer::finish_checkpoints() {
 }
 
 int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
-  const std::string save_weights = ctx.is_root() ? cfg.save_weights : "";
   Trainer trainer(std::move(cfg), ctx);
   // Setup errors are the user's; agree across ranks before any collective so that a bad flag or
   // file makes every rank exit 2 with one line, instead of leaving the healthy ranks waiting for the
@@ -236,7 +230,6 @@ int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
     if (ctx.is_root()) LOG(WARNING) << stop.message;
     return stop.exit_code;
   } catch (const std::exception& e) {
-    if (!save_weights.empty()) remove_partial_output(save_weights);  // e.g. a disk that filled up
     std::string what = e.what();
     dist::abort_job("training failed: " + what.substr(0, what.find('\n')));
   }

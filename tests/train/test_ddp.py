@@ -105,7 +105,6 @@ def case_bad_flags(a, tmp):
         (2, ["--data=/nonexistent/*.h5"], "/nonexistent/*.h5"),
         (1, ["--optimizer=sgd"], "--optimizer must be adam or adamw"),
         (1, ["--steps=-1"], "--steps"),
-        (1, ["--cpu_cache_mb=-5"], "--cpu_cache_mb must be >= 0"),
         (2, ["--comm=nccl"], "--comm=nccl needs CUDA devices"),
         (1, ["--comm=gloo"], "--comm must be auto, nccl or mpi"),
         (2, ["--comm_timeout_s=0"], "--comm_timeout_s must be a positive number"),

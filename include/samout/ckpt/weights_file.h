@@ -3,7 +3,8 @@
 // h5py reads it with no code of ours:
 //     sd = {k: torch.from_numpy(v[()]) for k, v in h5py.File(path).items()}
 //     SamOut(...).load_state_dict(sd)
-// Written to a temporary name, fsynced and renamed, so a reader never sees half a file.
+// Written to a temporary name, fsynced and renamed, so a reader never sees half a file; a write that
+// fails (a full disk) removes its temporary file.
 #pragma once
 
 #include <torch/torch.h>

@@ -17,8 +17,4 @@ void check_output_file(const std::string& flag, const std::string& path, int64_t
 // `max_bytes` bytes, checked by its type and size before a byte of it is read. Throws UsageError.
 void check_input_file(const std::string& flag, const std::string& path, int64_t max_bytes);
 
-// Removes what a failed durable write of `path` leaves behind: the temporary files
-// ckpt/durable_file.h writes before its rename (path + ".tmp" for HDF5, path + ".part" otherwise).
-void remove_partial_output(const std::string& path);
-
 }  // namespace samout

@@ -46,9 +46,8 @@ struct TrainConfig {
   uint64_t seed = 0;
   dist::DeviceRequest device = dist::DeviceRequest::kAuto;
   Precision precision = Precision::kFp32;
-  bool tf32 = false;            // GPU fp32 products on TF32 tensor cores
-  int threads = 0;              // intra-op threads per rank; 0 = cores / ranks on the node
-  int64_t cpu_cache_mb = 2048;  // free CPU memory the caching allocator keeps; 0 = c10's own
+  bool tf32 = false;  // GPU fp32 products on TF32 tensor cores
+  int threads = 0;    // intra-op threads per rank; 0 = cores / ranks on the node
   int64_t log_every = 10;
   std::string metrics_file;
   int64_t eval_every = 0;  // 0 = only at the end (when val_data is set)

@@ -16,7 +16,7 @@ TrainConfig config_from_flags();
 // ---- ranks that must agree. Collectives over MPI_COMM_WORLD: every rank calls them, in order.
 
 // The flags that shape the run, "--name=value" a line: every flag of samout_ddp except the
-// rank-local ones (--threads, --prefetch, --cpu_cache_mb, --metrics_file, --save_weights,
+// rank-local ones (--threads, --prefetch, --metrics_file, --save_weights,
 // --peak_tflops), which change neither what a rank computes nor when it communicates.
 std::string run_flags();
 
