@@ -109,21 +109,6 @@ torch::ScalarType parse_dtype(const std::string& s) {
   throw samout::UsageError("--dtype must be fp32, fp64, int32, int64 or bf16, got '" + s + "'");
 }
 
-MPI_Datatype mpi_type(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat:
-      return MPI_FLOAT;
-    case torch::kDouble:
-      return MPI_DOUBLE;
-    case torch::kInt:
-      return MPI_INT32_T;
-    case torch::kLong:
-      return MPI_INT64_T;
-    default:
-      throw samout::UsageError("MPI has no sum for this dtype");
-  }
-}
-
 // Rank q's contribution to the check: small integers, exact in every dtype.
 torch::Tensor pattern(int64_t count, int q) {
   auto i = torch::arange(count, torch::kLong);
@@ -219,23 +204,6 @@ class Bench {
 };
 
 #ifdef SAMOUT_HAVE_NCCL
-ncclDataType_t nccl_type(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat:
-      return ncclFloat32;
-    case torch::kDouble:
-      return ncclFloat64;
-    case torch::kInt:
-      return ncclInt32;
-    case torch::kLong:
-      return ncclInt64;
-    case torch::kBFloat16:
-      return ncclBfloat16;
-    default:
-      throw samout::UsageError("NCCL: unsupported dtype");
-  }
-}
-
 // The baseline's own NCCL communicator, apart from the Communicator's.
 struct RawNccl {
   ncclComm_t comm = nullptr;
@@ -294,26 +262,28 @@ int run(samout::dist::DistContext& ctx) {
   if (ctx.comm == samout::dist::CommKind::kNccl) {
     raw = std::make_unique<RawNccl>(ctx.rank, ctx.world);
     cols.push_back({"ncclAllReduce (baseline)", [&](torch::Tensor& t) {
-                      SAMOUT_NCCL_CHECK(ncclAllReduce(
-                          t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()),
-                          ncclSum, raw->comm, at::cuda::getCurrentCUDAStream().stream()));
+                      SAMOUT_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(),
+                                                      samout::dist::nccl_datatype(t.scalar_type()),
+                                                      ncclSum, raw->comm,
+                                                      at::cuda::getCurrentCUDAStream().stream()));
                     }});
   }
 #endif
   if (ctx.comm == samout::dist::CommKind::kMpi) {
     cols.push_back({"MPI_Allreduce (baseline)",
                     [&](torch::Tensor& t) {
-                      SAMOUT_MPI_CHECK(
-                          MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()),
-                                        mpi_type(t.scalar_type()), MPI_SUM, MPI_COMM_WORLD));
+                      SAMOUT_MPI_CHECK(MPI_Allreduce(
+                          MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()),
+                          samout::dist::mpi_datatype(t.scalar_type()), MPI_SUM, MPI_COMM_WORLD));
                     },
                     /*on_host_buffer=*/true});
     cols.push_back({"MPI_Iallreduce+MPI_Wait",
                     [&](torch::Tensor& t) {
                       MPI_Request req;
-                      SAMOUT_MPI_CHECK(
-                          MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()),
-                                         mpi_type(t.scalar_type()), MPI_SUM, MPI_COMM_WORLD, &req));
+                      SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(),
+                                                      static_cast<int>(t.numel()),
+                                                      samout::dist::mpi_datatype(t.scalar_type()),
+                                                      MPI_SUM, MPI_COMM_WORLD, &req));
                       SAMOUT_MPI_CHECK(MPI_Wait(&req, MPI_STATUS_IGNORE));
                     },
                     /*on_host_buffer=*/true});

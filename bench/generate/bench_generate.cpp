@@ -20,10 +20,10 @@
 #include <cstdio>
 #include <memory>
 #include <numeric>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "samout/common/strings.h"
 #include "samout/model/sampler.h"
 #include "samout/model/session.h"
 #include "samout/ops/linear.h"
@@ -60,8 +60,7 @@ void sync(const torch::Device& d) {
 
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(std::stoll(item));
+  for (const auto& item : samout::split_list(s)) out.push_back(std::stoll(item));
   return out;
 }
 

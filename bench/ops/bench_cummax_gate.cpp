@@ -35,10 +35,10 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "samout/common/strings.h"
 #include "samout/ops/cummax_gate.h"
 
 #ifdef SAMOUT_HAVE_CUDA
@@ -78,17 +78,9 @@ struct Shape {
   int64_t B, T, d;
 };
 
-std::vector<std::string> split(const std::string& spec) {
-  std::vector<std::string> items;
-  std::stringstream ss(spec);
-  std::string item;
-  while (std::getline(ss, item, ',')) items.push_back(item);
-  return items;
-}
-
 std::vector<Shape> parse_shapes(const std::string& spec) {
   std::vector<Shape> shapes;
-  for (const std::string& item : split(spec)) {
+  for (const std::string& item : samout::split_list(spec)) {
     Shape s{};
     if (std::sscanf(item.c_str(), "%ldx%ldx%ld", &s.B, &s.T, &s.d) != 3 || s.B <= 0 || s.T <= 0 ||
         s.d <= 0) {
@@ -101,7 +93,7 @@ std::vector<Shape> parse_shapes(const std::string& spec) {
 
 std::vector<torch::ScalarType> parse_dtypes(const std::string& spec, bool cuda) {
   std::vector<torch::ScalarType> dtypes;
-  for (const std::string& item : split(spec)) {
+  for (const std::string& item : samout::split_list(spec)) {
     if (item == "fp32") {
       dtypes.push_back(torch::kFloat);
     } else if (item == "bf16" && cuda) {

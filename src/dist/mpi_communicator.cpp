@@ -14,21 +14,6 @@ namespace samout::dist {
 
 namespace {
 
-MPI_Datatype mpi_type(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat:
-      return MPI_FLOAT;
-    case torch::kDouble:
-      return MPI_DOUBLE;
-    case torch::kLong:
-      return MPI_INT64_T;
-    case torch::kInt:
-      return MPI_INT32_T;
-    default:
-      TORCH_CHECK(false, "MPI communicator: unsupported dtype ", t.scalar_type());
-  }
-}
-
 // The host memory MPI works on: the tensor itself on the CPU, else a pinned copy of it. The copy out
 // is synchronous (MPI needs the values now); the copy back is queued on the current stream, and the
 // pinned block is not reused before it is done (PyTorch's caching host allocator records the copy).
@@ -63,10 +48,11 @@ class MpiCommunicator final : public Communicator {
 
   void allreduce_sum_async(torch::Tensor flat, const std::string& what) override {
     if (world_ == 1) return;
+    const MPI_Datatype type = mpi_datatype(flat.scalar_type());  // before a pending entry exists
     pending_.push_back({HostView(flat), MPI_REQUEST_NULL, what});
     auto& h = pending_.back().view.host;
-    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h.data_ptr(), static_cast<int>(h.numel()),
-                                    mpi_type(h), MPI_SUM, comm_, &pending_.back().req));
+    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h.data_ptr(), static_cast<int>(h.numel()), type,
+                                    MPI_SUM, comm_, &pending_.back().req));
   }
 
   void progress() override {
@@ -91,8 +77,8 @@ class MpiCommunicator final : public Communicator {
     HostView v(t);
     MPI_Request req;
     SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v.host.data_ptr(),
-                                    static_cast<int>(v.host.numel()), mpi_type(v.host), MPI_SUM,
-                                    comm_, &req));
+                                    static_cast<int>(v.host.numel()),
+                                    mpi_datatype(v.host.scalar_type()), MPI_SUM, comm_, &req));
     wait_one(&req, "all-reduce", std::chrono::steady_clock::now());
     v.copy_back();
   }
@@ -104,7 +90,7 @@ class MpiCommunicator final : public Communicator {
     const int n = static_cast<int>(flat.numel() / world_);
     MPI_Request req;
     SAMOUT_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, v.host.data_ptr(), n,
-                                    mpi_type(v.host), comm_, &req));
+                                    mpi_datatype(v.host.scalar_type()), comm_, &req));
     wait_one(&req, "all-gather of the parameters", std::chrono::steady_clock::now());
     v.copy_back();
   }
@@ -114,7 +100,7 @@ class MpiCommunicator final : public Communicator {
     HostView v(t);
     MPI_Request req;
     SAMOUT_MPI_CHECK(MPI_Ibcast(v.host.data_ptr(), static_cast<int>(v.host.numel()),
-                                mpi_type(v.host), root, comm_, &req));
+                                mpi_datatype(v.host.scalar_type()), root, comm_, &req));
     wait_one(&req, "broadcast", std::chrono::steady_clock::now());
     v.copy_back();
   }
@@ -162,6 +148,21 @@ class MpiCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+MPI_Datatype mpi_datatype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat:
+      return MPI_FLOAT;
+    case torch::kDouble:
+      return MPI_DOUBLE;
+    case torch::kLong:
+      return MPI_INT64_T;
+    case torch::kInt:
+      return MPI_INT32_T;
+    default:
+      TORCH_CHECK(false, "MPI communicator: unsupported dtype ", t);
+  }
+}
 
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, double timeout_s, bool owned) {
   return std::make_unique<MpiCommunicator>(comm, timeout_s, owned);

@@ -23,23 +23,6 @@ namespace samout::dist {
 
 namespace {
 
-ncclDataType_t nccl_type(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat:
-      return ncclFloat32;
-    case torch::kDouble:
-      return ncclFloat64;
-    case torch::kBFloat16:
-      return ncclBfloat16;
-    case torch::kLong:
-      return ncclInt64;
-    case torch::kInt:
-      return ncclInt32;
-    default:
-      TORCH_CHECK(false, "NCCL communicator: unsupported dtype ", t.scalar_type());
-  }
-}
-
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(MPI_Comm mpi, int rank, int size, const torch::Device& device, double timeout_s)
@@ -70,7 +53,7 @@ class NcclCommunicator final : public Communicator {
     if (world_ == 1) return;
     issue(what, [&](cudaStream_t s) {
       SAMOUT_NCCL_CHECK(ncclAllReduce(flat.data_ptr(), flat.data_ptr(), flat.numel(),
-                                      nccl_type(flat), ncclSum, comm_, s));
+                                      nccl_datatype(flat.scalar_type()), ncclSum, comm_, s));
     });
     flat.record_stream(stream_);  // the caching allocator must not reuse it before the collective
     launched_ = true;
@@ -101,7 +84,7 @@ class NcclCommunicator final : public Communicator {
     auto* base = static_cast<char*>(flat.data_ptr());
     issue("all-gather of the parameters", [&](cudaStream_t s) {
       SAMOUT_NCCL_CHECK(ncclAllGather(base + rank_ * n * flat.element_size(), base, n,
-                                      nccl_type(flat), comm_, s));
+                                      nccl_datatype(flat.scalar_type()), comm_, s));
     });
     flat.record_stream(stream_);
     launched_ = true;
@@ -112,8 +95,8 @@ class NcclCommunicator final : public Communicator {
     CHECK(t.is_cuda() && t.is_contiguous());
     if (world_ == 1) return;
     issue("broadcast", [&](cudaStream_t s) {
-      SAMOUT_NCCL_CHECK(
-          ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), root, comm_, s));
+      SAMOUT_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(),
+                                      nccl_datatype(t.scalar_type()), root, comm_, s));
     });
     t.record_stream(stream_);
     launched_ = true;
@@ -158,6 +141,23 @@ class NcclCommunicator final : public Communicator {
 }  // namespace
 
 bool nccl_compiled() { return true; }
+
+ncclDataType_t nccl_datatype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat:
+      return ncclFloat32;
+    case torch::kDouble:
+      return ncclFloat64;
+    case torch::kBFloat16:
+      return ncclBfloat16;
+    case torch::kLong:
+      return ncclInt64;
+    case torch::kInt:
+      return ncclInt32;
+    default:
+      TORCH_CHECK(false, "NCCL communicator: unsupported dtype ", t);
+  }
+}
 
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const torch::Device& device,
                                                      double timeout_s) {

@@ -16,6 +16,9 @@
 #pragma once
 
 #include <mpi.h>
+#ifdef SAMOUT_HAVE_NCCL
+#include <nccl.h>
+#endif
 #include <torch/torch.h>
 
 #include <memory>
@@ -73,5 +76,12 @@ std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, double timeou
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const torch::Device& device,
                                                      double timeout_s);
 bool nccl_compiled();
+
+// The element types the communicators carry (fp32, fp64, int32, int64; NCCL also bf16); any other
+// is an error naming it. Shared with bench/dist, whose baselines call MPI and NCCL directly.
+MPI_Datatype mpi_datatype(torch::ScalarType t);
+#ifdef SAMOUT_HAVE_NCCL
+ncclDataType_t nccl_datatype(torch::ScalarType t);
+#endif
 
 }  // namespace samout::dist
