@@ -8,6 +8,24 @@
 
 namespace samout::model {
 
+// ---- Params ---------------------------------------------------------------------------------------
+
+ParamsImpl::ParamsImpl(torch::Tensor w, torch::Tensor b) {
+  weight = register_parameter("weight", std::move(w));
+  if (b.defined()) bias = register_parameter("bias", std::move(b));
+}
+
+Params linear_params(int64_t in, int64_t out, bool with_bias) {
+  torch::NoGradGuard no_grad;
+  auto w = torch::empty({out, in});
+  torch::nn::init::kaiming_uniform_(w, std::sqrt(5.0));  // torch.nn.Linear's reset_parameters
+  torch::Tensor b;
+  if (with_bias) b = torch::empty({out}).uniform_(-1.0 / std::sqrt(in), 1.0 / std::sqrt(in));
+  return Params(w, b);
+}
+
+Params layer_norm_params(int64_t d) { return Params(torch::ones({d}), torch::zeros({d})); }
+
 // ---- MaxStateSuper ---------------------------------------------------------------------------------
 
 MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate_impl)
@@ -15,8 +33,7 @@ MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImp
   require(heads > 0 && hidden % heads == 0, "hidden size " + std::to_string(hidden) +
                                                 " is not divisible by heads " +
                                                 std::to_string(heads));
-  combined = register_module(
-      "combined", torch::nn::Linear(torch::nn::LinearOptions(hidden, 3 * hidden).bias(false)));
+  combined = register_module("combined", linear_params(hidden, 3 * hidden, /*bias=*/false));
   alpha1 = register_parameter("alpha1", torch::tensor(0.5f));
   alpha2 = register_parameter("alpha2", torch::tensor(0.5f));
   alpha3 = register_parameter("alpha3", torch::tensor(0.5f));
@@ -30,8 +47,7 @@ torch::Tensor MaxStateSuperImpl::alphas() const {
 
 std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::Tensor& x,
                                                                    const torch::Tensor& state) {
-  // The Linear modules hold the parameters (and their seed names); the products run through
-  // ops::linear (at::linear, or the GEMV when decoding a few rows: ops/linear.h).
+  // ops::linear: at::linear, or the GEMV when decoding a few rows (ops/linear.h).
   auto y = ops::linear(x, combined->weight);  // (B, T, 3d): a | b | c, read in place by the gate
   // Under autocast the projection's output may be bf16 while the alphas stay fp32; the gate runs in
   // the projection's dtype.
@@ -47,9 +63,9 @@ std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::
 // ---- FeedForward -----------------------------------------------------------------------------------
 
 FeedForwardImpl::FeedForwardImpl(int64_t hidden) {
-  ffn1 = register_module("ffn1", torch::nn::Linear(hidden, hidden));
-  ffn2 = register_module("ffn2", torch::nn::Linear(hidden, hidden));
-  gate = register_module("gate", torch::nn::Linear(hidden, hidden));
+  ffn1 = register_module("ffn1", linear_params(hidden, hidden, /*bias=*/true));
+  ffn2 = register_module("ffn2", linear_params(hidden, hidden, /*bias=*/true));
+  gate = register_module("gate", linear_params(hidden, hidden, /*bias=*/true));
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& y) {
@@ -63,8 +79,7 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& y) {
 DecoderLayerImpl::DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl gate) {
   self_attention = register_module("self_attention", MaxStateSuper(hidden, heads, gate));
   ffn = register_module("ffn", FeedForward(hidden));
-  layer_norm = register_module(
-      "layer_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden}).eps(1e-5)));
+  layer_norm = register_module("layer_norm", layer_norm_params(hidden));
   alpha = register_parameter("alpha", torch::tensor(0.5f));
 }
 
@@ -72,10 +87,9 @@ std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::run(const torch::Tenso
                                                               const torch::Tensor& state,
                                                               bool add_residual) {
   auto [y, new_state] = self_attention(x, state);
-  // LayerNorm(alpha * f + (1 - alpha) * x) (+ x) in one pass over the rows (ops/mix_norm.h); the
-  // parameters stay in layer_norm, under their seed names.
+  // LayerNorm(alpha * f + (1 - alpha) * x) (+ x) in one pass over the rows (ops/mix_norm.h).
   auto out = ops::mix_layer_norm(ffn(y), x, alpha, layer_norm->weight, layer_norm->bias,
-                                 layer_norm->options.eps(), add_residual);
+                                 /*eps=*/1e-5, add_residual);
   return {out, new_state};
 }
 
@@ -99,8 +113,7 @@ SamOutImpl::SamOutImpl(const ModelConfig& cfg) : cfg_(cfg) {
   decoder_layers = register_module("decoder_layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.layers; ++i)
     decoder_layers->push_back(DecoderLayer(cfg.hidden, cfg.heads, cfg.gate));
-  head = register_module(
-      "head", torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden, cfg.vocab_size).bias(false)));
+  head = register_module("head", linear_params(cfg.hidden, cfg.vocab_size, /*bias=*/false));
 }
 
 void SamOutImpl::set_context_parallel(std::shared_ptr<const ops::ContextGroup> group) {

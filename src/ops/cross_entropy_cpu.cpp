@@ -1,4 +1,5 @@
-// The fused CPU forward of cross_entropy_sum (cross_entropy.h), for contiguous fp32 logits.
+// The fused CPU forward of cross_entropy_sum (cross_entropy.h), for contiguous fp32 logits, and the
+// forward op's CPU kernel (the composite for other logits).
 //
 // One row (V floats, 34 KB at the seed's V) at a time, so after the first pass the row is in L1/L2:
 //   1. max (and a NaN check) over the row;
@@ -7,6 +8,7 @@
 // The (N, V) logits are read from memory once and the gradient written once, where the composite
 // (log_softmax, gather, exp_, scatter_add_) streams 53 MB four to six times and computes exp twice.
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <limits>
@@ -130,14 +132,10 @@ const bool kAvx2 = cpu_has_avx2_fma();
 
 }  // namespace
 
-bool cross_entropy_uses_fused(const torch::Tensor& logits) {
-  return logits.is_cpu() && logits.scalar_type() == torch::kFloat32 && logits.dim() == 2 &&
-         logits.is_contiguous() && logits.size(1) > 0;
-}
-
 void cross_entropy_forward_cpu(const torch::Tensor& logits, const torch::Tensor& targets,
                                int64_t ignore_index, torch::Tensor& row_loss, torch::Tensor* grad,
                                bool allow_simd) {
+  cross_entropy_check(logits, targets);
   const int64_t N = logits.size(0), V = logits.size(1);
   const auto t = targets.to(torch::kLong).contiguous();
   const int64_t* tp = t.data_ptr<int64_t>();
@@ -172,5 +170,21 @@ void cross_entropy_forward_cpu(const torch::Tensor& logits, const torch::Tensor&
     }
   });
 }
+
+namespace {
+
+std::tuple<torch::Tensor, torch::Tensor> forward_cpu(const torch::Tensor& logits,
+                                                     const torch::Tensor& targets,
+                                                     int64_t ignore_index, bool with_grad) {
+  if (!cross_entropy_uses_fused(logits))
+    return cross_entropy_forward_composite(logits, targets, ignore_index, with_grad);
+  torch::Tensor row_loss, grad;
+  cross_entropy_forward_cpu(logits, targets, ignore_index, row_loss, with_grad ? &grad : nullptr);
+  return {row_loss.sum(), with_grad ? grad : at::empty({0}, logits.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(samout, CPU, m) { m.impl("cross_entropy_sum_forward", forward_cpu); }
 
 }  // namespace samout::ops

@@ -19,6 +19,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -188,11 +189,16 @@ GateArgs<scalar_t> gate_args(const torch::Tensor& y, const torch::Tensor& alphas
 template <typename scalar_t, int VEC>
 torch::Tensor forward_impl(const torch::Tensor& y, const torch::Tensor& alphas,
                            const torch::Tensor& state, torch::Tensor& out, torch::Tensor& last_m,
-                           bool save_for_backward) {
+                           int64_t chunks) {
   const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  // Saving carries for a backward: the caller's chunking (the saved tensor's shape is decided
+  // before the kernel runs, by the op's caller); inference: the chunking that fills this GPU.
   const gate_cuda::Launch launch =
-      gate_cuda::forward_launch<VEC>(B, T, d, resident_threads<scalar_t, VEC>());
+      chunks > 0 ? gate_cuda::backward_launch<VEC>(B, T, d, chunks)
+                 : gate_cuda::forward_launch<VEC>(B, T, d, resident_threads<scalar_t, VEC>());
   const ChunkPlan plan = launch.plan;
+  TORCH_CHECK(chunks == 0 || plan.K == chunks, "cummax_gate_forward_cuda: ", chunks,
+              " chunks is not a chunking of T = ", T, " (plan_for_chunks gives ", plan.K, ")");
   const GridMap gm = launch.grid;
   const GateArgs<scalar_t> g = gate_args<scalar_t>(y, alphas, plan);
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -203,7 +209,7 @@ torch::Tensor forward_impl(const torch::Tensor& y, const torch::Tensor& alphas,
         <<<grid_size(gm.blocks), kThreads, 0, stream>>>(g, gm, summaries.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  if (save_for_backward) chunk_carry = torch::empty({B, plan.K, d}, y.options());
+  if (chunks > 0) chunk_carry = torch::empty({B, plan.K, d}, y.options());
   output_kernel<scalar_t, VEC><<<grid_size(gm.blocks), kThreads, 0, stream>>>(
       g, gm, ptr_or_null<scalar_t>(state), ptr_or_null<scalar_t>(summaries),
       out.data_ptr<scalar_t>(), chunk_carry.defined() ? chunk_carry.data_ptr<scalar_t>() : nullptr,
@@ -297,11 +303,28 @@ void slice_gradient_sums_cuda(const torch::Tensor& G, const torch::Tensor& maxim
   });
 }
 
+int64_t cummax_gate_cuda_chunks(const torch::Tensor& y) {
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  if (B * d == 0) return 1;
+  check_sizes(y);
+  int64_t K = 1;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_cuda_chunks", [&] {
+    // The forward's vector width from y's layout; its storage offset stands for the pointer (the
+    // caching allocator aligns every block), so a fake tensor gives the same answer.
+    constexpr int V = gate_cuda::kVecWidth<scalar_t>;
+    const auto* offset = reinterpret_cast<const void*>(y.storage_offset() * y.element_size());
+    K = gate_cuda::can_vectorize<scalar_t>(d, y.stride(0), y.stride(1), {offset})
+            ? gate_cuda::forward_launch<V>(B, T, d, resident_threads<scalar_t, V>()).plan.K
+            : gate_cuda::forward_launch<1>(B, T, d, resident_threads<scalar_t, 1>()).plan.K;
+  });
+  return K;
+}
+
 torch::Tensor cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
                                        const torch::Tensor& state, torch::Tensor& out,
-                                       torch::Tensor& last_m, bool save_for_backward) {
+                                       torch::Tensor& last_m, int64_t chunks) {
   const int64_t B = y.size(0), d = y.size(2) / 3;
-  if (B * d == 0) return save_for_backward ? torch::empty({B, 1, d}, y.options()) : torch::Tensor();
+  if (B * d == 0) return chunks > 0 ? torch::empty({B, chunks, d}, y.options()) : torch::Tensor();
   check_sizes(y);
   torch::Tensor chunk_carry;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_forward_cuda", [&] {
@@ -309,10 +332,10 @@ torch::Tensor cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tens
             d, y.stride(0), y.stride(1),
             {y.data_ptr(), out.data_ptr(), state.defined() ? state.data_ptr() : nullptr,
              last_m.data_ptr()})) {
-      chunk_carry = forward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(
-          y, alphas, state, out, last_m, save_for_backward);
+      chunk_carry = forward_impl<scalar_t, gate_cuda::kVecWidth<scalar_t>>(y, alphas, state, out,
+                                                                           last_m, chunks);
     } else {
-      chunk_carry = forward_impl<scalar_t, 1>(y, alphas, state, out, last_m, save_for_backward);
+      chunk_carry = forward_impl<scalar_t, 1>(y, alphas, state, out, last_m, chunks);
     }
   });
   return chunk_carry;
@@ -346,6 +369,46 @@ void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tenso
       backward_impl<scalar_t, 1>(grad_out, y, alphas, chunk_carry, grad_y, grad_alphas);
     }
   });
+}
+
+namespace {
+
+// The registered forward and backward ops' CUDA kernels: checks, layouts and output allocation.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward_kernel(
+    const torch::Tensor& y_in, const torch::Tensor& alphas_in,
+    const std::optional<torch::Tensor>& state_in, int64_t chunks) {
+  const torch::Tensor state = state_in ? state_in->contiguous() : torch::Tensor();
+  check_gate_inputs(y_in, alphas_in, state);
+  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  auto out = torch::empty({B, T, d}, y.options()), last_m = torch::empty({B, d}, y.options());
+  torch::Tensor saved =
+      cummax_gate_forward_cuda(y, alphas_in.contiguous(), state, out, last_m, chunks);
+  if (!saved.defined()) saved = torch::empty({B, 0, d}, y.options());
+  return {out, last_m, saved};
+}
+
+std::tuple<torch::Tensor, torch::Tensor> backward_kernel(const torch::Tensor& grad_out,
+                                                         const torch::Tensor& y_in,
+                                                         const torch::Tensor& alphas,
+                                                         const torch::Tensor& saved) {
+  check_gate_inputs(y_in, alphas, {});
+  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  TORCH_CHECK(grad_out.sizes() == torch::IntArrayRef({B, T, d}),
+              "cummax_gate_backward (CUDA): grad_out must be (B, T, d), got ", grad_out.sizes());
+  auto grad_y = torch::empty({B, T, 3 * d}, y.options());
+  auto grad_alphas = torch::empty({5}, alphas.options());
+  cummax_gate_backward_cuda(grad_out.contiguous(), y, alphas.contiguous(), saved.contiguous(),
+                            grad_y, grad_alphas);
+  return {grad_y, grad_alphas};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(samout, CUDA, m) {
+  m.impl("cummax_gate_forward", TORCH_FN(forward_kernel));
+  m.impl("cummax_gate_backward", TORCH_FN(backward_kernel));
 }
 
 }  // namespace samout::ops

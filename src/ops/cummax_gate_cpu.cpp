@@ -19,6 +19,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
@@ -355,6 +356,51 @@ void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor
     ga[3] = scalar_t(tot[3]);
     ga[4] = scalar_t(tot[1]);
   });
+}
+
+namespace {
+
+// The registered forward and backward ops' CPU kernels: checks, layouts and output allocation.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward_kernel(
+    const torch::Tensor& y_in, const torch::Tensor& alphas_in,
+    const std::optional<torch::Tensor>& state_in, int64_t chunks) {
+  const torch::Tensor state = state_in ? state_in->contiguous() : torch::Tensor();
+  check_gate_inputs(y_in, alphas_in, state);
+  // y may be any view whose last dim is contiguous (the kernels take its strides).
+  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  TORCH_CHECK(chunks == 0 || chunks == T, "cummax_gate_forward (CPU): the running max is saved at ",
+              "every position, so chunks must be 0 or T = ", T, ", got ", chunks);
+  auto out = torch::empty({B, T, d}, y.options()), last_m = torch::empty({B, d}, y.options());
+  auto saved = torch::empty({B, chunks, d}, y.options());
+  torch::Tensor m_saved = chunks > 0 ? saved : torch::Tensor();
+  cummax_gate_forward_cpu(y, alphas_in.contiguous(), state, out, m_saved, last_m);
+  return {out, last_m, saved};
+}
+
+std::tuple<torch::Tensor, torch::Tensor> backward_kernel(const torch::Tensor& grad_out,
+                                                         const torch::Tensor& y_in,
+                                                         const torch::Tensor& alphas,
+                                                         const torch::Tensor& saved) {
+  check_gate_inputs(y_in, alphas, {});
+  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
+  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
+  TORCH_CHECK(
+      saved.sizes() == torch::IntArrayRef({B, T, d}) && grad_out.sizes() == saved.sizes(),
+      "cummax_gate_backward (CPU): grad_out and the forward's running max must be (B, T, d)",
+      " = (", B, ", ", T, ", ", d, "), got ", grad_out.sizes(), " and ", saved.sizes());
+  auto grad_y = torch::empty({B, T, 3 * d}, y.options());
+  auto grad_alphas = torch::empty({5}, alphas.options());
+  cummax_gate_backward_cpu(grad_out.contiguous(), y, alphas.contiguous(), saved.contiguous(),
+                           grad_y, grad_alphas);
+  return {grad_y, grad_alphas};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(samout, CPU, m) {
+  m.impl("cummax_gate_forward", TORCH_FN(forward_kernel));
+  m.impl("cummax_gate_backward", TORCH_FN(backward_kernel));
 }
 
 }  // namespace samout::ops

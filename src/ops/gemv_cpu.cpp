@@ -146,6 +146,10 @@ bool linear_rows_fast(const torch::Tensor& x, const torch::Tensor& weight,
            t.scalar_type() == torch::kFloat && !t.is_neg();
   };
   if (!plain_f32_cpu(x) || !plain_f32_cpu(weight)) return false;
+  // Fake tensors of a trace (torch.compile, opcheck) have symbolic sizes and no data.
+  if (x.unsafeGetTensorImpl()->has_symbolic_sizes_strides() ||
+      weight.unsafeGetTensorImpl()->has_symbolic_sizes_strides())
+    return false;
   // A weight that is not one dense row-major block (a transposed or sliced view) would need a copy
   // as big as the read the kernel saves; at::linear handles strides itself.
   if (weight.dim() != 2 || !weight.is_contiguous()) return false;

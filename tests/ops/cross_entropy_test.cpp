@@ -1,6 +1,6 @@
 // cross_entropy_sum against torch's cross_entropy(reduction=sum) in double: value and gradient,
-// with ignored rows, an upstream gradient other than 1, and without autograd; then the fused fp32
-// CPU kernel on its own.
+// with ignored rows, an upstream gradient other than 1, and without autograd; the dispatcher's
+// other paths (inference mode, meta tensors, the forward op); then the fused fp32 CPU kernel alone.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -61,6 +61,32 @@ TEST(CrossEntropySum, NoGradAndBadShapes) {
   EXPECT_NEAR(got.item<double>(), want.item<double>(), 1e-5);
   EXPECT_THROW(cross_entropy_sum(logits, targets.narrow(0, 0, 4)), c10::Error);
   EXPECT_THROW(cross_entropy_sum(logits, logits.select(1, 0)), c10::Error);
+}
+
+// Autograd out of the dispatch: inference mode takes the CompositeExplicitAutograd kernel, meta
+// tensors its Meta kernel; the forward op's gradient is the one backward scales.
+TEST(CrossEntropySum, InferenceModeMetaAndForwardOp) {
+  torch::manual_seed(3);
+  const auto logits = torch::randn({6, 13});
+  const auto targets = torch::randint(0, 13, {6}, torch::kLong);
+  const auto want = cross_entropy_sum(logits, targets);
+  {
+    c10::InferenceMode guard;
+    EXPECT_TRUE(torch::equal(cross_entropy_sum(logits, targets), want));
+  }
+  const auto meta =
+      cross_entropy_sum(logits.to(torch::kMeta).requires_grad_(), targets.to(torch::kMeta));
+  EXPECT_TRUE(meta.is_meta());
+  EXPECT_EQ(meta.dim(), 0);
+  auto [loss, grad] = cross_entropy_sum_forward(logits, targets, -100, true);
+  EXPECT_TRUE(torch::equal(loss, want));
+  auto lg = logits.clone().requires_grad_();
+  cross_entropy_sum(lg, targets).backward();
+  EXPECT_TRUE(torch::equal(grad, lg.grad()));
+  EXPECT_EQ(std::get<1>(cross_entropy_sum_forward(logits, targets, -100, false)).numel(), 0);
+  auto [mloss, mgrad] =
+      cross_entropy_sum_forward(logits.to(torch::kMeta), targets.to(torch::kMeta), -100, true);
+  EXPECT_EQ(mgrad.sizes(), logits.sizes());
 }
 
 // The fused fp32 CPU kernel, vector and scalar rows, against torch in double: odd V (vector tails),

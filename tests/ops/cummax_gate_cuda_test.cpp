@@ -327,8 +327,8 @@ TEST_F(CummaxGateCuda, KernelsNeverSyncWithTheHost) {
   {
     SyncDebugError no_syncs;
     EXPECT_NO_THROW({
-      auto chunk_carry = cummax_gate_forward_cuda(y, alphas, state, out, last_m,
-                                                  /*save_for_backward=*/true);
+      auto chunk_carry =
+          cummax_gate_forward_cuda(y, alphas, state, out, last_m, cummax_gate_cuda_chunks(y));
       cummax_gate_backward_cuda(g, y, alphas, chunk_carry, grad_y, grad_alphas);
       torch::NoGradGuard no_grad;
       infer_out = cummax_gate(y, alphas, state, GateImpl::kFused).out;

@@ -28,13 +28,14 @@ double rel_err(const torch::Tensor& got, const torch::Tensor& want) {
 
 // Runs forward + backward with a random upstream gradient; returns {out, dy, dW1, db1, ...}.
 std::vector<torch::Tensor> run(bool fused, const torch::Tensor& y0, const Params& p,
-                               const torch::Tensor& up) {
-  auto y = y0.detach().clone().requires_grad_();
+                               const torch::Tensor& up, bool y_grad = true) {
+  auto y = y0.detach().clone().requires_grad_(y_grad);
   Params q;
   auto c = [](const torch::Tensor& t) { return t.detach().clone().requires_grad_(); };
   q = {c(p.w1), c(p.b1), c(p.wg), c(p.bg), c(p.w2), c(p.b2)};
   auto out = fused ? gated_ffn(y, q.w1, q.b1, q.wg, q.bg, q.w2, q.b2)
                    : gated_ffn_composite(y, q.w1, q.b1, q.wg, q.bg, q.w2, q.b2);
+  if (fused) EXPECT_NE(out.grad_fn()->name().find("GatedFfnFunction"), std::string::npos);
   out.backward(up);
   std::vector<torch::Tensor> r{out.detach(), y.grad()};
   for (auto& t : q.all()) r.push_back(t.grad());
@@ -94,6 +95,23 @@ TEST(GatedFfn, SameAtOneAndTwoThreads) {
   }
   at::set_num_threads(saved);
   for (size_t i = 0; i < r[0].size(); ++i) EXPECT_TRUE(torch::equal(r[0][i], r[1][i])) << i;
+}
+
+// y without a gradient (the backward skips dL/dy), and the paths without autograd (the composite).
+TEST(GatedFfn, WithoutGradOfYAndWithoutAutograd) {
+  torch::manual_seed(3);
+  const auto p = make_params(12, 10, 12, torch::kFloat32);
+  const auto y = torch::randn({5, 12}), up = torch::randn({5, 12});
+  const auto got = run(true, y, p, up, false), want = run(false, y, p, up, false);
+  EXPECT_FALSE(got[1].defined());
+  for (size_t i : {0, 2, 3, 4, 5, 6, 7}) EXPECT_LT(rel_err(got[i], want[i]), 1e-5) << i;
+  {
+    torch::NoGradGuard ng;
+    EXPECT_LT(rel_err(gated_ffn(y, p.w1, p.b1, p.wg, p.bg, p.w2, p.b2), want[0]), 1e-6);
+  }
+  c10::InferenceMode im;
+  const auto yi = y.clone();  // an inference tensor: the dispatcher skips autograd
+  EXPECT_LT(rel_err(gated_ffn(yi, p.w1, p.b1, p.wg, p.bg, p.w2, p.b2), want[0]), 1e-6);
 }
 
 TEST(GatedFfn, BadShapesAreErrors) {

@@ -1,8 +1,8 @@
 // mix_layer_norm's fused CPU kernel against the composite of ATen ops, in double and in float:
 // the output and the gradients in f, x, alpha, gamma and beta, with and without the residual, at
 // awkward sizes (d below, at and above the kernel's 16 lanes; rows below and above its 32-row
-// blocks), with strided and broadcast inputs; bitwise equal results at 1 and 2 threads; and that
-// fp32 on the CPU really takes the fused path.
+// blocks), with strided and broadcast inputs; bitwise equal results at 1 and 2 threads; that
+// fp32 on the CPU really takes the fused path, in inference mode too.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -218,6 +218,24 @@ TEST(MixNorm, NoGradForwardMatches) {
       in.f.to(torch::kDouble), in.x.to(torch::kDouble), in.alpha.to(torch::kDouble),
       in.gamma.to(torch::kDouble), in.beta.to(torch::kDouble), kEps, true);
   EXPECT_LT(rel_err(got, want), 2e-5);
+}
+
+// In inference mode autograd is not in the dispatch and the CompositeExplicitAutograd kernel runs:
+// for fp32 CPU tensors still the fused forward. (Meta tensors are tested from Python, where ATen's
+// meta kernels for layer_norm are registered.)
+TEST(MixNorm, InferenceModeTakesTheFusedForward) {
+  torch::manual_seed(8);
+  const auto in = make_inputs(70, 64);
+  torch::Tensor no_grad, inference;
+  {
+    torch::NoGradGuard ng;
+    no_grad = mix_layer_norm(in.f, in.x, in.alpha, in.gamma, in.beta, kEps, true);
+  }
+  {
+    c10::InferenceMode im;
+    inference = mix_layer_norm(in.f, in.x, in.alpha, in.gamma, in.beta, kEps, true);
+  }
+  EXPECT_TRUE(torch::equal(no_grad, inference));
 }
 
 // ---- threads ---------------------------------------------------------------------------------------

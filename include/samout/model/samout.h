@@ -20,6 +20,20 @@ namespace samout::model {
 // The per-layer states of a whole model: one (B, d) tensor per layer, empty before the first call.
 using ModelState = std::vector<torch::Tensor>;
 
+// Parameters under the seed's names, "weight" and "bias" (bias undefined when there is none), for
+// the ops to use. A torch::nn::Linear or LayerNorm in its place would hold the same tensors, but its
+// forward would never run: the layers call the fused ops (ops/) with them.
+class ParamsImpl : public torch::nn::Module {
+ public:
+  ParamsImpl(torch::Tensor weight, torch::Tensor bias);
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Params);
+// in -> out, initialised as torch.nn.Linear (kaiming-uniform weight, uniform bias, same draws).
+Params linear_params(int64_t in, int64_t out, bool bias);
+// LayerNorm's gamma (ones) and beta (zeros) over d features.
+Params layer_norm_params(int64_t d);
+
 class MaxStateSuperImpl : public torch::nn::Module {
  public:
   MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate);
@@ -29,7 +43,7 @@ class MaxStateSuperImpl : public torch::nn::Module {
   // (5,) view of alpha1..alpha5, the layout cummax_gate takes.
   torch::Tensor alphas() const;
 
-  torch::nn::Linear combined{nullptr};  // d -> 3d, no bias: a | b | c
+  Params combined{nullptr};  // d -> 3d, no bias: a | b | c
   torch::Tensor alpha1, alpha2, alpha3, alpha4, alpha5;
   ops::GateImpl gate;
   std::shared_ptr<const ops::ContextGroup> context;  // set: x is this rank's slice of the sequence
@@ -41,7 +55,7 @@ class FeedForwardImpl : public torch::nn::Module {
   explicit FeedForwardImpl(int64_t hidden);
   torch::Tensor forward(const torch::Tensor& y);  // ffn2(ffn1(y) * relu(gate(y)))
 
-  torch::nn::Linear ffn1{nullptr}, ffn2{nullptr}, gate{nullptr};
+  Params ffn1{nullptr}, ffn2{nullptr}, gate{nullptr};
 };
 TORCH_MODULE(FeedForward);
 
@@ -57,7 +71,7 @@ class DecoderLayerImpl : public torch::nn::Module {
 
   MaxStateSuper self_attention{nullptr};
   FeedForward ffn{nullptr};
-  torch::nn::LayerNorm layer_norm{nullptr};
+  Params layer_norm{nullptr};  // eps 1e-5, as torch.nn.LayerNorm's default
   torch::Tensor alpha;
 
  private:
@@ -85,7 +99,7 @@ class SamOutImpl : public torch::nn::Module {
 
   torch::nn::Embedding em{nullptr};
   torch::nn::ModuleList decoder_layers{nullptr};
-  torch::nn::Linear head{nullptr};
+  Params head{nullptr};  // d -> V, no bias
 
  private:
   void check_tokens(const torch::Tensor& tokens) const;

@@ -9,10 +9,17 @@
 // ever materialises a chunk or a concatenation: the backward writes dL/dy, the (B, T, 3d) gradient
 // that combined's backward consumes, in one pass over time per channel.
 //
-// Three implementations sit behind one dispatch point (GateImpl): the fused CPU kernel, the fused
-// CUDA kernel (compiled when CUDA is found), and the composite of ATen ops, which is the reference.
+// Registered with PyTorch's dispatcher as torch.ops.samout.cummax_gate (cummax_gate.cpp):
+//   cummax_gate(Tensor y, Tensor alphas, Tensor? state=None) -> (Tensor out, Tensor state)
+//   cummax_gate_forward(Tensor y, Tensor alphas, Tensor? state, SymInt chunks)
+//       -> (Tensor out, Tensor last_m, Tensor saved)          saved: (B, chunks, d); chunks = 0 saves none
+//   cummax_gate_backward(Tensor grad_out, Tensor y, Tensor alphas, Tensor saved)
+//       -> (Tensor grad_y, Tensor grad_alphas)
+// with CPU (cummax_gate_cpu.cpp), CUDA (cummax_gate.cu), Meta and Autograd (cummax_gate_autograd.cpp)
+// kernels. The composite of ATen ops (cummax_gate_composite.cpp) is the reference.
 #pragma once
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
 #include <string>
@@ -43,6 +50,26 @@ GateResult cummax_gate(const torch::Tensor& y, const torch::Tensor& alphas,
 GateResult cummax_gate_composite(const torch::Tensor& y, const torch::Tensor& alphas,
                                  const torch::Tensor& state = {});
 
+// Shapes, layouts and dtypes every implementation relies on; throws c10::Error naming what is wrong.
+void check_gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
+                       const torch::Tensor& state);
+
+// How many time chunks the forward saves carries for (the forward op's `chunks`): T on the CPU,
+// whose backward reads the running max at every position; on CUDA the chunking that fills the GPU.
+c10::SymInt gate_saved_chunks(const torch::Tensor& y);
+
+// The registered forward and backward ops (schemas above), found once.
+using GateForwardSignature = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>(
+    const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&, c10::SymInt);
+using GateBackwardSignature = std::tuple<torch::Tensor, torch::Tensor>(const torch::Tensor&,
+                                                                       const torch::Tensor&,
+                                                                       const torch::Tensor&,
+                                                                       const torch::Tensor&);
+using GateForwardOp = c10::TypedOperatorHandle<GateForwardSignature>;
+using GateBackwardOp = c10::TypedOperatorHandle<GateBackwardSignature>;
+const GateForwardOp& gate_forward_op();
+const GateBackwardOp& gate_backward_op();
+
 // ---- Kernels (no autograd). Shapes as above. -----------------------------------------------------
 // CPU: the forward saves for the backward m_saved (B, T, d), the running max.
 // Forward: writes out and m_saved (m_saved may be undefined when no backward will follow).
@@ -58,11 +85,15 @@ void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor
 // running max entering each of the K time chunks it chose, chunk_carry (B, K, d); the backward
 // recomputes m from c, which it reads anyway, and takes K (hence the chunk length) from it.
 bool cuda_kernels_compiled();
-// Forward: writes out (B, T, d) and last_m (B, d); returns chunk_carry when save_for_backward (an
-// undefined tensor otherwise). grad_out for the backward is a contiguous (B, T, d).
+// The chunk count the forward chooses for y: K of gate_cuda::plan_chunks, from the kernels'
+// occupancy on the current GPU. Reads only sizes and strides (a fake tensor has no data).
+int64_t cummax_gate_cuda_chunks(const torch::Tensor& y);
+// Forward: writes out (B, T, d) and last_m (B, d); returns chunk_carry (B, chunks, d) when chunks > 0
+// (an undefined tensor otherwise). chunks must be a chunking of T that plan_for_chunks keeps, e.g.
+// cummax_gate_cuda_chunks(y). grad_out for the backward is a contiguous (B, T, d).
 torch::Tensor cummax_gate_forward_cuda(const torch::Tensor& y, const torch::Tensor& alphas,
                                        const torch::Tensor& state, torch::Tensor& out,
-                                       torch::Tensor& last_m, bool save_for_backward);
+                                       torch::Tensor& last_m, int64_t chunks);
 void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tensor& y,
                                const torch::Tensor& alphas, const torch::Tensor& chunk_carry,
                                torch::Tensor& grad_y, torch::Tensor& grad_alphas);

@@ -2,11 +2,14 @@
 //
 //   a = y @ W1^T + b1,  g = y @ Wg^T + bg,  h = a * relu(g),  out = h @ W2^T + b2
 //
-// For fp32 CPU tensors the two input projections run as ONE product against [W1; Wg] (2d x d), and
-// the gating is one pass over rows; the backward is one pass for d[a | g], then one product for
-// dL/dy (K = 2d) and one for dL/d[W1; Wg]. The module-by-module version runs two products each way,
-// adds the two dL/dy, and makes five elementwise passes (relu, mul; mul, mul, threshold_backward).
-// Anything else (CUDA, autocast, double) runs the composite, which is also the reference.
+// Registered with PyTorch's dispatcher as samout::gated_ffn; samout::gated_ffn_forward and
+// samout::gated_ffn_backward are the fused fp32 CPU path's halves (gated_ffn_cpu.cpp). For fp32 CPU
+// tensors needing a gradient the two input projections run as ONE product against [W1; Wg]
+// (2f x d), and the gating is one pass over rows; the backward is one pass for d[a | g], then one
+// product for dL/dy (K = 2f) and one for each weight. The module-by-module version runs two
+// products each way, adds the two dL/dy, and makes five elementwise passes. Anything else runs the
+// composite (gated_ffn_composite.cpp), also the reference. On CUDA that is the implementation
+// (cuBLAS, differentiated by ATen's autograd), as for double, autocast and inference (the GEMV).
 #pragma once
 
 #include <torch/torch.h>
@@ -25,7 +28,7 @@ torch::Tensor gated_ffn_composite(const torch::Tensor& y, const torch::Tensor& w
                                   const torch::Tensor& bg, const torch::Tensor& w2,
                                   const torch::Tensor& b2);
 
-// Whether gated_ffn takes the fused fp32 CPU path for these tensors.
+// Whether gated_ffn takes the fused fp32 CPU path for these tensors (when a gradient is needed).
 bool gated_ffn_uses_fused(const torch::Tensor& y, const torch::Tensor& w1, const torch::Tensor& w2);
 
 }  // namespace samout::ops

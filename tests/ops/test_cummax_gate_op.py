@@ -1,0 +1,79 @@
+"""torch.ops.samout.cummax_gate as a PyTorch user calls it: opcheck, and the seed's MaxStateSuper."""
+import unittest
+
+import torch
+
+import op_library
+import reference_model
+
+ops = op_library.load()
+
+
+def gate_inputs(B=2, T=7, d=8, dtype=torch.float32, state=False, grad=True):
+    g = torch.Generator().manual_seed(B * 100 + T)
+    y = torch.randn(B, T, 3 * d, generator=g, dtype=dtype).requires_grad_(grad)
+    alphas = torch.rand(5, generator=g, dtype=dtype).requires_grad_(grad)
+    s = torch.randn(B, d, generator=g, dtype=dtype) if state else None
+    return y, alphas, s
+
+
+class OpCheck(unittest.TestCase):
+    def test_top_level_op(self):
+        for dtype in (torch.float32, torch.float64):
+            for state in (False, True):
+                with self.subTest(dtype=dtype, state=state):
+                    torch.library.opcheck(ops.cummax_gate.default,
+                                          gate_inputs(dtype=dtype, state=state))
+
+    def test_forward_and_backward_ops(self):
+        y, alphas, s = gate_inputs(state=True, grad=False)
+        T = y.shape[1]
+        for chunks in (0, T):  # inference saves nothing; the CPU kernel saves m at every step
+            torch.library.opcheck(ops.cummax_gate_forward.default, (y, alphas, s, chunks))
+        out, _, saved = ops.cummax_gate_forward(y, alphas, s, T)
+        torch.library.opcheck(ops.cummax_gate_backward.default,
+                              (torch.randn_like(out), y, alphas, saved))
+
+    def test_bad_inputs_name_what_is_wrong(self):
+        y, alphas, _ = gate_inputs(grad=False)
+        with self.assertRaisesRegex(RuntimeError, "alphas must be \\(5,\\)"):
+            ops.cummax_gate(y, alphas[:4])
+        with self.assertRaisesRegex(RuntimeError, "chunks must be 0 or T"):
+            ops.cummax_gate_forward(y, alphas, None, 3)
+
+
+class AgainstTheSeed(unittest.TestCase):
+    """The op, fed MaxStateSuper's own projection and alphas, against MaxStateSuper's forward."""
+
+    def check(self, with_state):
+        torch.manual_seed(3)
+        B, T, d, heads = 3, 11, 16, 4
+        ref = reference_model.MaxStateSuper(d, heads)
+        with torch.no_grad():
+            for i, a in enumerate((ref.alpha1, ref.alpha2, ref.alpha3, ref.alpha4, ref.alpha5)):
+                a.fill_(0.2 + 0.15 * i)
+        x = torch.randn(B, T, d, requires_grad=True)
+        state = torch.randn(B, d) if with_state else None
+        want, want_state = ref(x, state)
+        alphas = torch.stack([ref.alpha1, ref.alpha2, ref.alpha3, ref.alpha4, ref.alpha5])
+        got, got_state = ops.cummax_gate(ref.combined(x), alphas, state)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_state, want_state, rtol=0, atol=0)
+        g = torch.randn_like(want)
+        params = [x, ref.combined.weight, ref.alpha1, ref.alpha2, ref.alpha3, ref.alpha4,
+                  ref.alpha5]
+        want_grads = torch.autograd.grad(want, params, g)
+        got_grads = torch.autograd.grad(got, params, g)
+        for name, a, b in zip(["x", "combined", "alpha1", "alpha2", "alpha3", "alpha4", "alpha5"],
+                              got_grads, want_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"gradient of {name}")
+
+    def test_whole_sequence(self):
+        self.check(with_state=False)
+
+    def test_with_a_carried_state(self):
+        self.check(with_state=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
