@@ -1,8 +1,10 @@
 // cross_entropy_sum (cross_entropy.h): the ops' schemas, the forward op's Meta kernel, the argument
 // checks and the C++ entries.
+#include "samout/ops/cross_entropy.h"
+
 #include <torch/library.h>
 
-#include "samout/ops/cross_entropy.h"
+#include "samout/ops/dispatch.h"
 
 namespace samout::ops {
 namespace {
@@ -43,9 +45,8 @@ bool cross_entropy_uses_fused(const torch::Tensor& logits) {
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets,
                                 int64_t ignore_index) {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("samout::cross_entropy_sum", "")
-          .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, int64_t)>();
+      find_op<torch::Tensor(const torch::Tensor&, const torch::Tensor&, int64_t)>(
+          "samout::cross_entropy_sum");
   return op.call(logits, targets, ignore_index);
 }
 
@@ -53,10 +54,9 @@ std::tuple<torch::Tensor, torch::Tensor> cross_entropy_sum_forward(const torch::
                                                                    const torch::Tensor& targets,
                                                                    int64_t ignore_index,
                                                                    bool with_grad) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("samout::cross_entropy_sum_forward", "")
-                             .typed<std::tuple<torch::Tensor, torch::Tensor>(
-                                 const torch::Tensor&, const torch::Tensor&, int64_t, bool)>();
+  static const auto op = find_op<std::tuple<torch::Tensor, torch::Tensor>(
+      const torch::Tensor&, const torch::Tensor&, int64_t, bool)>(
+      "samout::cross_entropy_sum_forward");
   return op.call(logits, targets, ignore_index, with_grad);
 }
 

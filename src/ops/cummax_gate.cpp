@@ -3,10 +3,10 @@
 // the reference in cummax_gate_composite.cpp.
 #include "samout/ops/cummax_gate.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "samout/common/error.h"
+#include "samout/ops/dispatch.h"
 
 namespace samout::ops {
 
@@ -66,6 +66,31 @@ void check_gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
               "cummax_gate: state must match y's device and dtype");
 }
 
+GateCall gate_forward_call(const torch::Tensor& y, const torch::Tensor& alphas,
+                           const std::optional<torch::Tensor>& state) {
+  GateCall c;
+  c.state = state ? state->contiguous() : torch::Tensor();
+  check_gate_inputs(y, alphas, c.state);
+  c.y = y.stride(2) == 1 ? y : y.contiguous();
+  c.alphas = alphas.contiguous();
+  c.B = y.size(0), c.T = y.size(1), c.d = y.size(2) / 3;
+  c.out = torch::empty({c.B, c.T, c.d}, y.options());
+  c.last_m = torch::empty({c.B, c.d}, y.options());
+  return c;
+}
+
+GateCall gate_backward_call(const torch::Tensor& grad_out, const torch::Tensor& y,
+                            const torch::Tensor& alphas) {
+  GateCall c = gate_forward_call(y, alphas, std::nullopt);
+  TORCH_CHECK(grad_out.sizes() == c.out.sizes(),
+              "cummax_gate_backward: grad_out must be (B, T, d) = ", c.out.sizes(), ", got ",
+              grad_out.sizes());
+  c.grad_out = grad_out.contiguous();
+  c.grad_y = torch::empty({c.B, c.T, 3 * c.d}, y.options());
+  c.grad_alphas = torch::empty({5}, alphas.options());
+  return c;
+}
+
 c10::SymInt gate_saved_chunks(const torch::Tensor& y) {
   return y.is_cuda() ? c10::SymInt(cummax_gate_cuda_chunks(y)) : y.sym_size(1);
 }
@@ -100,16 +125,12 @@ std::tuple<torch::Tensor, torch::Tensor> without_autograd(const torch::Tensor& y
 }  // namespace
 
 const GateForwardOp& gate_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("samout::cummax_gate_forward", "")
-                             .typed<GateForwardSignature>();
+  static const auto op = find_op<GateForwardSignature>("samout::cummax_gate_forward");
   return op;
 }
 
 const GateBackwardOp& gate_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("samout::cummax_gate_backward", "")
-                             .typed<GateBackwardSignature>();
+  static const auto op = find_op<GateBackwardSignature>("samout::cummax_gate_backward");
   return op;
 }
 
@@ -121,11 +142,9 @@ GateResult cummax_gate(const torch::Tensor& y, const torch::Tensor& alphas,
     TORCH_CHECK(impl != GateImpl::kFused, "cummax_gate: fused requested but no CUDA kernels built");
     return cummax_gate_composite(y, alphas, state);
   }
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("samout::cummax_gate", "")
-          .typed<std::tuple<torch::Tensor, torch::Tensor>(
-              const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&)>();
+  static const auto op = find_op<std::tuple<torch::Tensor, torch::Tensor>(
+      const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&)>(
+      "samout::cummax_gate");
   auto [out, last_m] =
       op.call(y, alphas, state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
   return {out, last_m};

@@ -373,35 +373,23 @@ void cummax_gate_backward_cuda(const torch::Tensor& grad_out, const torch::Tenso
 
 namespace {
 
-// The registered forward and backward ops' CUDA kernels: checks, layouts and output allocation.
+// The registered forward and backward ops' CUDA kernels.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward_kernel(
-    const torch::Tensor& y_in, const torch::Tensor& alphas_in,
-    const std::optional<torch::Tensor>& state_in, int64_t chunks) {
-  const torch::Tensor state = state_in ? state_in->contiguous() : torch::Tensor();
-  check_gate_inputs(y_in, alphas_in, state);
-  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  auto out = torch::empty({B, T, d}, y.options()), last_m = torch::empty({B, d}, y.options());
-  torch::Tensor saved =
-      cummax_gate_forward_cuda(y, alphas_in.contiguous(), state, out, last_m, chunks);
-  if (!saved.defined()) saved = torch::empty({B, 0, d}, y.options());
-  return {out, last_m, saved};
+    const torch::Tensor& y, const torch::Tensor& alphas, const std::optional<torch::Tensor>& state,
+    int64_t chunks) {
+  GateCall c = gate_forward_call(y, alphas, state);
+  torch::Tensor saved = cummax_gate_forward_cuda(c.y, c.alphas, c.state, c.out, c.last_m, chunks);
+  if (!saved.defined()) saved = torch::empty({c.B, 0, c.d}, c.y.options());
+  return {c.out, c.last_m, saved};
 }
 
 std::tuple<torch::Tensor, torch::Tensor> backward_kernel(const torch::Tensor& grad_out,
-                                                         const torch::Tensor& y_in,
+                                                         const torch::Tensor& y,
                                                          const torch::Tensor& alphas,
                                                          const torch::Tensor& saved) {
-  check_gate_inputs(y_in, alphas, {});
-  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  TORCH_CHECK(grad_out.sizes() == torch::IntArrayRef({B, T, d}),
-              "cummax_gate_backward (CUDA): grad_out must be (B, T, d), got ", grad_out.sizes());
-  auto grad_y = torch::empty({B, T, 3 * d}, y.options());
-  auto grad_alphas = torch::empty({5}, alphas.options());
-  cummax_gate_backward_cuda(grad_out.contiguous(), y, alphas.contiguous(), saved.contiguous(),
-                            grad_y, grad_alphas);
-  return {grad_y, grad_alphas};
+  GateCall c = gate_backward_call(grad_out, y, alphas);
+  cummax_gate_backward_cuda(c.grad_out, c.y, c.alphas, saved.contiguous(), c.grad_y, c.grad_alphas);
+  return {c.grad_y, c.grad_alphas};
 }
 
 }  // namespace

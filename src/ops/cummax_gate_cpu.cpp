@@ -360,40 +360,28 @@ void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor
 
 namespace {
 
-// The registered forward and backward ops' CPU kernels: checks, layouts and output allocation.
+// The registered forward and backward ops' CPU kernels.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward_kernel(
-    const torch::Tensor& y_in, const torch::Tensor& alphas_in,
-    const std::optional<torch::Tensor>& state_in, int64_t chunks) {
-  const torch::Tensor state = state_in ? state_in->contiguous() : torch::Tensor();
-  check_gate_inputs(y_in, alphas_in, state);
-  // y may be any view whose last dim is contiguous (the kernels take its strides).
-  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  TORCH_CHECK(chunks == 0 || chunks == T, "cummax_gate_forward (CPU): the running max is saved at ",
-              "every position, so chunks must be 0 or T = ", T, ", got ", chunks);
-  auto out = torch::empty({B, T, d}, y.options()), last_m = torch::empty({B, d}, y.options());
-  auto saved = torch::empty({B, chunks, d}, y.options());
+    const torch::Tensor& y, const torch::Tensor& alphas, const std::optional<torch::Tensor>& state,
+    int64_t chunks) {
+  GateCall c = gate_forward_call(y, alphas, state);
+  TORCH_CHECK(chunks == 0 || chunks == c.T, "cummax_gate_forward (CPU): the running max is saved ",
+              "at every position, so chunks must be 0 or T = ", c.T, ", got ", chunks);
+  auto saved = torch::empty({c.B, chunks, c.d}, c.y.options());
   torch::Tensor m_saved = chunks > 0 ? saved : torch::Tensor();
-  cummax_gate_forward_cpu(y, alphas_in.contiguous(), state, out, m_saved, last_m);
-  return {out, last_m, saved};
+  cummax_gate_forward_cpu(c.y, c.alphas, c.state, c.out, m_saved, c.last_m);
+  return {c.out, c.last_m, saved};
 }
 
 std::tuple<torch::Tensor, torch::Tensor> backward_kernel(const torch::Tensor& grad_out,
-                                                         const torch::Tensor& y_in,
+                                                         const torch::Tensor& y,
                                                          const torch::Tensor& alphas,
                                                          const torch::Tensor& saved) {
-  check_gate_inputs(y_in, alphas, {});
-  const torch::Tensor y = y_in.stride(2) == 1 ? y_in : y_in.contiguous();
-  const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  TORCH_CHECK(
-      saved.sizes() == torch::IntArrayRef({B, T, d}) && grad_out.sizes() == saved.sizes(),
-      "cummax_gate_backward (CPU): grad_out and the forward's running max must be (B, T, d)",
-      " = (", B, ", ", T, ", ", d, "), got ", grad_out.sizes(), " and ", saved.sizes());
-  auto grad_y = torch::empty({B, T, 3 * d}, y.options());
-  auto grad_alphas = torch::empty({5}, alphas.options());
-  cummax_gate_backward_cpu(grad_out.contiguous(), y, alphas.contiguous(), saved.contiguous(),
-                           grad_y, grad_alphas);
-  return {grad_y, grad_alphas};
+  GateCall c = gate_backward_call(grad_out, y, alphas);
+  TORCH_CHECK(saved.sizes() == c.out.sizes(), "cummax_gate_backward (CPU): the forward's running ",
+              "max must be (B, T, d) = ", c.out.sizes(), ", got ", saved.sizes());
+  cummax_gate_backward_cpu(c.grad_out, c.y, c.alphas, saved.contiguous(), c.grad_y, c.grad_alphas);
+  return {c.grad_y, c.grad_alphas};
 }
 
 }  // namespace

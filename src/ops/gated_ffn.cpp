@@ -2,8 +2,9 @@
 #include "samout/ops/gated_ffn.h"
 
 #include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "samout/ops/dispatch.h"
 
 namespace samout::ops {
 namespace {
@@ -75,10 +76,8 @@ Tensor gated_ffn(const Tensor& y, const Tensor& w1, const Tensor& b1, const Tens
               "gated_ffn: shapes W1 ", w1.sizes(), ", b1 ", b1.sizes(), ", Wg ", wg.sizes(),
               ", bg ", bg.sizes(), ", W2 ", w2.sizes(), ", b2 ", b2.sizes(), " do not fit");
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("samout::gated_ffn", "")
-          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                        const Tensor&, const Tensor&)>();
+      find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                     const Tensor&, const Tensor&)>("samout::gated_ffn");
   return op.call(y, w1, b1, wg, bg, w2, b2);
 }
 

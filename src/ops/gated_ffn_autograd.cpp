@@ -1,8 +1,8 @@
 // gated_ffn's autograd kernel (gated_ffn.h): the fused fp32 CPU ops with their own backward where
 // a gradient is needed, else the composite, which ATen's autograd differentiates.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "samout/ops/dispatch.h"
 #include "samout/ops/gated_ffn.h"
 
 namespace samout::ops {
@@ -14,11 +14,9 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& y, const Tensor& w1,
                         const Tensor& b1, const Tensor& wg, const Tensor& bg, const Tensor& w2,
                         const Tensor& b2) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("samout::gated_ffn_forward", "")
-                               .typed<std::tuple<Tensor, Tensor, Tensor>(
-                                   const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                   const Tensor&, const Tensor&, const Tensor&)>();
+    static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor>(
+        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+        const Tensor&)>("samout::gated_ffn_forward");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, u, h] = op.call(y, w1, b1, wg, bg, w2, b2);
     ctx->save_for_backward({y, w1, wg, w2, u, h});
@@ -29,10 +27,8 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
                                                  torch::autograd::variable_list grads) {
     using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("samout::gated_ffn_backward", "")
-            .typed<Grads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                         const Tensor&, const Tensor&, bool)>();
+        find_op<Grads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                      const Tensor&, const Tensor&, bool)>("samout::gated_ffn_backward");
     const auto s = ctx->get_saved_variables();
     auto [dy, dw1, db1, dwg, dbg, dw2, db2] =
         op.call(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->needs_input_grad(0));

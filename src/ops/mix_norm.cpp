@@ -5,6 +5,8 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
+#include "samout/ops/dispatch.h"
+
 namespace samout::ops {
 namespace {
 
@@ -71,10 +73,8 @@ Tensor mix_layer_norm(const Tensor& f, const Tensor& x, const Tensor& alpha, con
   TORCH_CHECK(gamma.defined() && beta.defined() && gamma.dim() == 1 && beta.dim() == 1 &&
                   gamma.size(0) == f.size(-1) && beta.size(0) == f.size(-1),
               "mix_layer_norm: gamma and beta must be (", f.size(-1), ",)");
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("samout::mix_layer_norm", "")
-                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, double, bool)>();
+  static const auto op = find_op<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                        const Tensor&, double, bool)>("samout::mix_layer_norm");
   return op.call(f, x, alpha, gamma, beta, eps, add_residual);
 }
 
@@ -82,22 +82,18 @@ std::tuple<Tensor, Tensor, Tensor> mix_layer_norm_forward(const Tensor& f, const
                                                           const Tensor& alpha, const Tensor& gamma,
                                                           const Tensor& beta, double eps,
                                                           bool add_residual) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("samout::mix_layer_norm_forward", "")
-          .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                    const Tensor&, const Tensor&, double, bool)>();
+  static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, bool)>(
+      "samout::mix_layer_norm_forward");
   return op.call(f, x, alpha, gamma, beta, eps, add_residual);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_layer_norm_backward(
     const Tensor& grad_out, const Tensor& f, const Tensor& x, const Tensor& alpha,
     const Tensor& gamma, const Tensor& mean, const Tensor& rstd, bool add_residual) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("samout::mix_layer_norm_backward", "")
-                             .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, const Tensor&, const Tensor&, bool)>();
+  static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, bool)>("samout::mix_layer_norm_backward");
   return op.call(grad_out, f, x, alpha, gamma, mean, rstd, add_residual);
 }
 

@@ -75,5 +75,32 @@ class AgainstTheSeed(unittest.TestCase):
         self.check(with_state=True)
 
 
+@unittest.skipUnless(torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+                         "samout::cummax_gate_forward", "CUDA"), "no CUDA device or kernels")
+class OnCuda(unittest.TestCase):
+    """The CUDA kernels through the dispatcher: opcheck, and the same results as the CPU kernel."""
+
+    def test_opcheck(self):
+        for state in (False, True):
+            y, alphas, s = gate_inputs(B=3, T=300, d=64, state=state)
+            s = s.cuda() if s is not None else None
+            args = (y.detach().cuda().requires_grad_(), alphas.detach().cuda().requires_grad_(), s)
+            torch.library.opcheck(ops.cummax_gate.default, args)
+
+    def test_same_as_the_cpu_kernel(self):
+        y, alphas, s = gate_inputs(B=3, T=1000, d=64, state=True)
+        out, st = ops.cummax_gate(y, alphas, s)
+        g = torch.randn_like(out)
+        gy, ga = torch.autograd.grad(out, (y, alphas), g)
+        yc = y.detach().cuda().requires_grad_()
+        ac = alphas.detach().cuda().requires_grad_()
+        out_c, st_c = ops.cummax_gate(yc, ac, s.cuda())
+        gyc, gac = torch.autograd.grad(out_c, (yc, ac), g.cuda())
+        torch.testing.assert_close(out_c.cpu(), out)
+        torch.testing.assert_close(st_c.cpu(), st, rtol=0, atol=0)
+        torch.testing.assert_close(gyc.cpu(), gy)
+        torch.testing.assert_close(gac.cpu(), ga, rtol=1e-4, atol=1e-3)
+
+
 if __name__ == "__main__":
     unittest.main()

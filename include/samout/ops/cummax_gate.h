@@ -58,6 +58,19 @@ void check_gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
 // whose backward reads the running max at every position; on CUDA the chunking that fills the GPU.
 c10::SymInt gate_saved_chunks(const torch::Tensor& y);
 
+// What the forward and backward ops' kernels share: the checks, the layouts the kernels read (y any
+// view with a contiguous last dim, the rest contiguous) and fresh outputs for them to write.
+struct GateCall {
+  torch::Tensor y, alphas, state, grad_out;
+  torch::Tensor out, last_m;          // forward: (B, T, d), (B, d)
+  torch::Tensor grad_y, grad_alphas;  // backward: (B, T, 3d), (5,)
+  int64_t B, T, d;
+};
+GateCall gate_forward_call(const torch::Tensor& y, const torch::Tensor& alphas,
+                           const std::optional<torch::Tensor>& state);
+GateCall gate_backward_call(const torch::Tensor& grad_out, const torch::Tensor& y,
+                            const torch::Tensor& alphas);
+
 // The registered forward and backward ops (schemas above), found once.
 using GateForwardSignature = std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>(
     const torch::Tensor&, const torch::Tensor&, const std::optional<torch::Tensor>&, c10::SymInt);
