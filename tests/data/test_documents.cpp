@@ -58,18 +58,23 @@ TEST_F(DocumentsTest, BadInputNamesFileAndLine) {
   };
   EXPECT_EQ(message("e.txt", "\n%\n  \n"), path("e.txt") + ": no documents (empty text input)");
   EXPECT_EQ(message("b.jsonl", "{\"text\": \"ok\"}\n{\"text\": \"unterminated}\n"),
-            path("b.jsonl") + ":2: unreadable JSONL line: unterminated string at column 24");
+            path("b.jsonl") +
+                ":2: unreadable JSONL line: syntax error while parsing value - invalid string: "
+                "missing closing quote at column 24");
   EXPECT_EQ(message("n.jsonl", "{\"text\": \"ok\"}\n\n{\"title\": \"t\"}\n"),
             path("n.jsonl") + ":3: unreadable JSONL line: no string field 'text'");
   EXPECT_EQ(message("t.jsonl", "{\"text\": \"ok\"} x\n"),
-            path("t.jsonl") + ":1: unreadable JSONL line: trailing characters at column 16");
+            path("t.jsonl") +
+                ":1: unreadable JSONL line: syntax error while parsing value - invalid literal at "
+                "column 16");
 }
 
 TEST(Jsonl, RejectsMalformedObjects) {
   for (const char* bad : {"[\"text\"]", "{\"text\": }", "{\"text\": \"a\",}", "{\"text\" \"a\"}",
                           "{\"text\": \"\\q\"}", "{\"text\": tru}"})
     EXPECT_THROW(json_string_field(bad, "text"), JsonError) << bad;
-  EXPECT_THROW(json_string_field("{\"text\": 5}", "text"), JsonError);  // not a string
+  EXPECT_THROW(json_string_field("{\"text\": 5}", "text"), JsonError);         // not a string
+  EXPECT_THROW(json_string_field("{\"text\": \"\xff\"}", "text"), JsonError);  // not UTF-8
   EXPECT_EQ(json_string_field(" {\"a\":-1.5e3,\"text\":\"\\\"q\\\"\"} ", "text"), "\"q\"");
 }
 

@@ -1,4 +1,4 @@
-// Just enough JSON to read one string field out of each line of a JSONL file.
+// One string field out of each line of a JSONL file, parsed by nlohmann-json.
 #pragma once
 
 #include <stdexcept>
@@ -7,14 +7,15 @@
 
 namespace samout::data {
 
-// Thrown with a short reason ("expected ':' at column 12", "no string field 'text'").
+// Thrown with a short reason (nlohmann's, with the column; or "no string field 'text'").
 class JsonError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
 
 // Parses `line` as one JSON object and returns the decoded value of its top-level string member
-// `field` (escapes, including \u surrogate pairs, decoded to UTF-8). Validates the whole line.
+// `field` (escapes, including \u surrogate pairs, decoded to UTF-8). Validates the whole line,
+// UTF-8 included.
 std::string json_string_field(std::string_view line, const std::string& field);
 
 }  // namespace samout::data
