@@ -1,5 +1,6 @@
 // cross_entropy_sum's autograd: the forward op keeps the gradient softmax - one_hot, which the
 // backward scales in place.
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "samout/ops/cross_entropy.h"
@@ -33,7 +34,7 @@ class CrossEntropySum : public torch::autograd::Function<CrossEntropySum> {
 
 torch::Tensor cross_entropy_sum_autograd(const torch::Tensor& logits, const torch::Tensor& targets,
                                          int64_t ignore_index) {
-  if (torch::GradMode::is_enabled() && logits.requires_grad())
+  if (torch::autograd::compute_requires_grad(logits))
     return CrossEntropySum::apply(logits, targets, ignore_index);
   at::AutoDispatchBelowADInplaceOrView guard;
   return std::get<0>(cross_entropy_sum_forward(logits, targets, ignore_index, false));

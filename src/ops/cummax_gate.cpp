@@ -66,14 +66,25 @@ void check_gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
               "cummax_gate: state must match y's device and dtype");
 }
 
-GateCall gate_forward_call(const torch::Tensor& y, const torch::Tensor& alphas,
-                           const std::optional<torch::Tensor>& state) {
+namespace {
+
+// The inputs as the kernels read them; no outputs yet.
+GateCall gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
+                     const std::optional<torch::Tensor>& state) {
   GateCall c;
   c.state = state ? state->contiguous() : torch::Tensor();
   check_gate_inputs(y, alphas, c.state);
   c.y = y.stride(2) == 1 ? y : y.contiguous();
   c.alphas = alphas.contiguous();
   c.B = y.size(0), c.T = y.size(1), c.d = y.size(2) / 3;
+  return c;
+}
+
+}  // namespace
+
+GateCall gate_forward_call(const torch::Tensor& y, const torch::Tensor& alphas,
+                           const std::optional<torch::Tensor>& state) {
+  GateCall c = gate_inputs(y, alphas, state);
   c.out = torch::empty({c.B, c.T, c.d}, y.options());
   c.last_m = torch::empty({c.B, c.d}, y.options());
   return c;
@@ -81,10 +92,10 @@ GateCall gate_forward_call(const torch::Tensor& y, const torch::Tensor& alphas,
 
 GateCall gate_backward_call(const torch::Tensor& grad_out, const torch::Tensor& y,
                             const torch::Tensor& alphas) {
-  GateCall c = gate_forward_call(y, alphas, std::nullopt);
-  TORCH_CHECK(grad_out.sizes() == c.out.sizes(),
-              "cummax_gate_backward: grad_out must be (B, T, d) = ", c.out.sizes(), ", got ",
-              grad_out.sizes());
+  GateCall c = gate_inputs(y, alphas, std::nullopt);
+  TORCH_CHECK(grad_out.sizes() == torch::IntArrayRef({c.B, c.T, c.d}),
+              "cummax_gate_backward: grad_out must be (B, T, d) = (", c.B, ", ", c.T, ", ", c.d,
+              "), got ", grad_out.sizes());
   c.grad_out = grad_out.contiguous();
   c.grad_y = torch::empty({c.B, c.T, 3 * c.d}, y.options());
   c.grad_alphas = torch::empty({5}, alphas.options());

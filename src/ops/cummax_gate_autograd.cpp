@@ -1,5 +1,6 @@
 // cummax_gate's autograd: a Function over the registered forward and backward ops, registered as
 // the op's Autograd kernel. The forward saves y, the alphas and the kernel's carries (`saved`).
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "samout/ops/cummax_gate.h"
@@ -42,7 +43,7 @@ class CummaxGateFunction : public torch::autograd::Function<CummaxGateFunction> 
 std::tuple<torch::Tensor, torch::Tensor> cummax_gate_autograd(
     const torch::Tensor& y, const torch::Tensor& alphas,
     const std::optional<torch::Tensor>& state) {
-  if (!torch::GradMode::is_enabled() || !(y.requires_grad() || alphas.requires_grad())) {
+  if (!torch::autograd::compute_requires_grad(y, alphas)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // inference: nothing saved
     auto [out, last_m, saved] = gate_forward_op().call(y, alphas, state, c10::SymInt(0));
     return {out, last_m};

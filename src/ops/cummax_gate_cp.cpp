@@ -4,6 +4,7 @@
 // element rules lifted to tensors.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include "samout/ops/context_parallel.h"
 #include "samout/ops/cummax_scan.h"
@@ -191,9 +192,7 @@ GateResult cummax_gate_context_parallel(const torch::Tensor& y, const torch::Ten
   TORCH_CHECK(group.size >= 1 && group.index >= 0 && group.index < group.size && group.all_gather,
               "cummax_gate_context_parallel: bad group");
   if (group.size == 1) return cummax_gate(y, alphas);
-  const bool needs_grad =
-      torch::GradMode::is_enabled() && (y.requires_grad() || alphas.requires_grad());
-  if (!needs_grad) {
+  if (!torch::autograd::compute_requires_grad(y, alphas)) {
     const int64_t d = y.size(2) / 3;
     const Carries cr = gather_carries(y.narrow(2, 2 * d, d), group);
     return cummax_gate(y, alphas, cr.carry[group.index].contiguous());

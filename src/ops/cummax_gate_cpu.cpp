@@ -378,8 +378,8 @@ std::tuple<torch::Tensor, torch::Tensor> backward_kernel(const torch::Tensor& gr
                                                          const torch::Tensor& alphas,
                                                          const torch::Tensor& saved) {
   GateCall c = gate_backward_call(grad_out, y, alphas);
-  TORCH_CHECK(saved.sizes() == c.out.sizes(), "cummax_gate_backward (CPU): the forward's running ",
-              "max must be (B, T, d) = ", c.out.sizes(), ", got ", saved.sizes());
+  TORCH_CHECK(saved.sizes() == c.grad_out.sizes(), "cummax_gate_backward (CPU): the forward's ",
+              "running max must be (B, T, d) = ", c.grad_out.sizes(), ", got ", saved.sizes());
   cummax_gate_backward_cpu(c.grad_out, c.y, c.alphas, saved.contiguous(), c.grad_y, c.grad_alphas);
   return {c.grad_y, c.grad_alphas};
 }

@@ -1,5 +1,6 @@
 // gated_ffn's autograd kernel (gated_ffn.h): the fused fp32 CPU ops with their own backward where
 // a gradient is needed, else the composite, which ATen's autograd differentiates.
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "samout/ops/dispatch.h"
@@ -38,10 +39,7 @@ class GatedFfnFunction : public torch::autograd::Function<GatedFfnFunction> {
 
 Tensor gated_ffn_autograd(const Tensor& y, const Tensor& w1, const Tensor& b1, const Tensor& wg,
                           const Tensor& bg, const Tensor& w2, const Tensor& b2) {
-  const bool track =
-      torch::GradMode::is_enabled() &&
-      (y.requires_grad() || w1.requires_grad() || wg.requires_grad() || w2.requires_grad() ||
-       b1.requires_grad() || bg.requires_grad() || b2.requires_grad());
+  const bool track = torch::autograd::compute_requires_grad(y, w1, b1, wg, bg, w2, b2);
   // Inference keeps the composite: linear() sends few-row products to the GEMV there.
   if (!track || !gated_ffn_uses_fused(y, w1, w2))
     return gated_ffn_composite(y, w1, b1, wg, bg, w2, b2);

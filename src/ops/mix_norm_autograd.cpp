@@ -1,6 +1,7 @@
 // mix_layer_norm (mix_norm.h): the Autograd kernel of samout::mix_layer_norm. For fp32 CPU tensors
 // an autograd function around the fused forward and backward ops; anything else is the composite,
 // which ATen's autograd differentiates (on CUDA, through ATen's CUDA LayerNorm).
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "samout/ops/mix_norm.h"
@@ -39,9 +40,7 @@ Tensor mix_layer_norm_autograd(const Tensor& f, const Tensor& x, const Tensor& a
                                bool add_residual) {
   if (!mix_norm_uses_fused(f, x, alpha, gamma, beta))
     return mix_layer_norm_composite(f, x, alpha, gamma, beta, eps, add_residual);
-  const bool track = torch::GradMode::is_enabled() &&
-                     (f.requires_grad() || x.requires_grad() || alpha.requires_grad() ||
-                      gamma.requires_grad() || beta.requires_grad());
+  const bool track = torch::autograd::compute_requires_grad(f, x, alpha, gamma, beta);
   if (track) return MixLayerNorm::apply(f, x, alpha, gamma, beta, eps, add_residual);
   at::AutoDispatchBelowADInplaceOrView guard;
   return std::get<0>(mix_layer_norm_forward(f, x, alpha, gamma, beta, eps, add_residual));

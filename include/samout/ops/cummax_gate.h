@@ -59,7 +59,8 @@ void check_gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
 c10::SymInt gate_saved_chunks(const torch::Tensor& y);
 
 // What the forward and backward ops' kernels share: the checks, the layouts the kernels read (y any
-// view with a contiguous last dim, the rest contiguous) and fresh outputs for them to write.
+// view with a contiguous last dim, the rest contiguous) and fresh outputs for them to write: the
+// forward's or the backward's, never both.
 struct GateCall {
   torch::Tensor y, alphas, state, grad_out;
   torch::Tensor out, last_m;          // forward: (B, T, d), (B, d)
