@@ -1,15 +1,16 @@
 // train/cpu_memory.h: after keep_freed_cpu_memory(), a large tensor comes from the heap (not its
-// own mmap), and once freed it stays with the process and serves the next ones. glibc's own
-// statistics (mallinfo2) say where each block came from; page-fault counts would say the same on
-// a plain kernel but are counted differently under some sandboxes, so they are not asserted.
+// own mmap), and freeing it does not trim the heap, so the memory stays with the process. glibc's
+// own statistics (mallinfo2) say where each block came from. Whether the next tensor lands in the
+// very block freed is glibc's placement, not these settings: glibc 2.36's posix_memalign asks for
+// the size plus the alignment, so a freed block of exactly that size serves it only once merged
+// with its neighbours; here that happened after ~6 rounds, under CI's sandbox not within 12. So
+// only the two settings' effects are asserted; page-fault counts are not (sandboxes count them
+// differently).
 #include "samout/train/cpu_memory.h"
 
 #include <gtest/gtest.h>
 #include <malloc.h>
 #include <torch/torch.h>
-
-#include <algorithm>
-#include <vector>
 
 namespace samout::train {
 namespace {
@@ -18,7 +19,7 @@ constexpr int64_t kBytes = 64 << 20;  // above glibc's largest dynamic mmap thre
 
 torch::Tensor big_tensor() { return torch::empty({kBytes / 4}, torch::kFloat32); }
 
-TEST(CpuMemory, LargeTensorsComeFromTheHeapAndAreReusedWhenFreed) {
+TEST(CpuMemory, LargeTensorsComeFromAHeapThatFreeingDoesNotTrim) {
   {  // glibc's default: the block is mmap'd on its own and unmapped when freed
     const size_t mapped_before = mallinfo2().hblkhd;
     auto t = big_tensor();
@@ -26,23 +27,13 @@ TEST(CpuMemory, LargeTensorsComeFromTheHeapAndAreReusedWhenFreed) {
   }
   keep_freed_cpu_memory();
   const size_t mapped_before = mallinfo2().hblkhd;
-  // glibc reaches a steady state after a few rounds (a freed block merges back only once the small
-  // bookkeeping allocated after it is free too); from then on every round reuses a block it had.
-  constexpr int kRounds = 12;
-  std::vector<void*> where;
-  std::vector<size_t> heap;
-  for (int round = 0; round < kRounds; ++round) {
+  for (int round = 0; round < 12; ++round) {
     auto t = big_tensor();
     EXPECT_EQ(mallinfo2().hblkhd, mapped_before) << "a large block was mmap'd in round " << round;
-    where.push_back(t.data_ptr());
-    heap.push_back(mallinfo2().arena);
+    const size_t heap = mallinfo2().arena;
+    EXPECT_GE(heap, static_cast<size_t>(kBytes)) << "round " << round;
     t = torch::Tensor();
-    EXPECT_EQ(mallinfo2().arena, heap.back()) << "the heap was trimmed in round " << round;
-  }
-  for (int round = kRounds - 3; round < kRounds; ++round) {
-    EXPECT_NE(std::find(where.begin(), where.begin() + round, where[round]), where.begin() + round)
-        << "round " << round << " took a block no earlier round had";
-    EXPECT_EQ(heap[round], heap[kRounds - 4]) << "the heap still grew in round " << round;
+    EXPECT_EQ(mallinfo2().arena, heap) << "the heap was trimmed in round " << round;
   }
 }
 
