@@ -10,7 +10,6 @@
 #include <limits>
 
 #include "samout/common/error.h"
-#include "samout/ops/cross_entropy.h"
 
 #ifdef SAMOUT_HAVE_CUDA
 #include <c10/cuda/CUDAFunctions.h>
@@ -150,9 +149,11 @@ std::pair<torch::Tensor, torch::Tensor> Trainer::my_tokens(const torch::Tensor& 
 // Sum of the next-token cross entropy over the targets that are not padding.
 torch::Tensor Trainer::token_loss_sum(const torch::Tensor& logits,
                                       const torch::Tensor& targets) const {
+  namespace F = torch::nn::functional;
   const int64_t V = logits.size(-1);
-  return ops::cross_entropy_sum(logits.reshape({-1, V}), targets.reshape({-1}),
-                                cfg_.model.pad_id >= 0 ? cfg_.model.pad_id : -100);
+  const int64_t ignore = cfg_.model.pad_id >= 0 ? cfg_.model.pad_id : -100;
+  return F::cross_entropy(logits.reshape({-1, V}), targets.reshape({-1}),
+                          F::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(ignore));
 }
 
 torch::Tensor Trainer::count_targets(const torch::Tensor& targets) const {
