@@ -5,7 +5,6 @@
 
 #include <algorithm>
 
-#include "avx2_util.h"
 #include "samout/common/cpu_features.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -43,6 +42,13 @@ inline void dot_portable(const float* w, int64_t K, int64_t k0, const float* x, 
 }
 
 #ifdef SAMOUT_GEMV_X86
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {  // the sum of v's 8 lanes
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 // acc[b] = sum over k of w[k] * x[b * K + k] for b < NB: one pass over a row of W, 8 floats a FMA.
 // U = 4 independent accumulators per row of x (at most 12 of the 16 ymm registers) keep the FMA
 // latency off the critical path; the K % 8 tail runs on the portable loop. U does not depend on NB,

@@ -25,6 +25,16 @@ constexpr int64_t kLanes = 16;
 // to share between threads, large enough that the (blocks, d) partials stay small.
 constexpr int64_t kBlockRows = 32;
 
+// body(j, k) for every j < d, k = the lane of j: whole groups of kLanes first (vector adds), then
+// the tail.
+template <typename F>
+inline void for_lanes(int64_t d, F&& body) {
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) body(j + k, k);
+  for (int64_t k = 0; j < d; ++j, ++k) body(j, k);
+}
+
 float lane_total(const float (&acc)[kLanes]) {
   float s = 0.0f;
   for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
@@ -55,35 +65,19 @@ void forward_row(const float* __restrict f, const float* __restrict x, float a, 
                  const float* __restrict gamma, const float* __restrict beta, float eps, int64_t d,
                  float* __restrict out, float* mean_out, float* rstd_out) {
   float acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      // Same operations, same rounding as the composite's alpha * f + (1 - alpha) * x.
-      out[j + k] = a * f[j + k] + b * x[j + k];
-      acc[k] += out[j + k];
-    }
-  for (int64_t k = 0; j < d; ++j, ++k) {
-    out[j] = a * f[j] + b * x[j];
+  for_lanes(d, [&](int64_t j, int64_t k) {
+    out[j] = a * f[j] + b * x[j];  // the rounding of the composite's alpha * f + (1 - alpha) * x
     acc[k] += out[j];
-  }
+  });
   const float mu = lane_total(acc) / static_cast<float>(d);
 
   // Two passes: the variance from centred values, as stable as ATen's Welford moments.
   float acc2[kLanes] = {};
-  j = 0;
-  for (; j + kLanes <= d; j += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float c = out[j + k] - mu;
-      acc2[k] += c * c;
-    }
-  for (int64_t k = 0; j < d; ++j, ++k) {
-    const float c = out[j] - mu;
-    acc2[k] += c * c;
-  }
+  for_lanes(d, [&](int64_t j, int64_t k) { acc2[k] += (out[j] - mu) * (out[j] - mu); });
   const float var = lane_total(acc2) / static_cast<float>(d);
   const float rs = 1.0f / std::sqrt(var + eps);
 
-  for (j = 0; j < d; ++j) {
+  for (int64_t j = 0; j < d; ++j) {
     const float y = (out[j] - mu) * rs * gamma[j] + beta[j];
     out[j] = kResidual ? y + x[j] : y;
   }
@@ -139,18 +133,7 @@ float backward_row(const float* __restrict f, const float* __restrict x,
                    float* __restrict df, float* __restrict dx, float* __restrict pgamma,
                    float* __restrict pbeta) {
   float sg[kLanes] = {}, sgx[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float xh = (a * f[j + k] + b * x[j + k] - mu) * rs;
-      const float g = dout[j + k] * gamma[j + k];
-      xhat[j + k] = xh;
-      sg[k] += g;
-      sgx[k] += g * xh;
-      pgamma[j + k] += dout[j + k] * xh;
-      pbeta[j + k] += dout[j + k];
-    }
-  for (int64_t k = 0; j < d; ++j, ++k) {
+  for_lanes(d, [&](int64_t j, int64_t k) {
     const float xh = (a * f[j] + b * x[j] - mu) * rs;
     const float g = dout[j] * gamma[j];
     xhat[j] = xh;
@@ -158,25 +141,17 @@ float backward_row(const float* __restrict f, const float* __restrict x,
     sgx[k] += g * xh;
     pgamma[j] += dout[j] * xh;
     pbeta[j] += dout[j];
-  }
+  });
   const float inv_d = 1.0f / static_cast<float>(d);
   const float mg = lane_total(sg) * inv_d, mgx = lane_total(sgx) * inv_d;
 
   float sa[kLanes] = {};
-  j = 0;
-  for (; j + kLanes <= d; j += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float dz = rs * (dout[j + k] * gamma[j + k] - mg - xhat[j + k] * mgx);
-      df[j + k] = a * dz;
-      dx[j + k] = kResidual ? b * dz + dout[j + k] : b * dz;
-      sa[k] += dz * (f[j + k] - x[j + k]);
-    }
-  for (int64_t k = 0; j < d; ++j, ++k) {
+  for_lanes(d, [&](int64_t j, int64_t k) {
     const float dz = rs * (dout[j] * gamma[j] - mg - xhat[j] * mgx);
     df[j] = a * dz;
     dx[j] = kResidual ? b * dz + dout[j] : b * dz;
     sa[k] += dz * (f[j] - x[j]);
-  }
+  });
   return lane_total(sa);
 }
 
