@@ -39,14 +39,11 @@ H5Id create_1d(hid_t file, const char* name, hid_t file_type, int64_t n, int64_t
               H5Dclose);
 }
 
-// Closes a file being abandoned (its objects closed already), errors ignored. HDF5 1.10 writes
-// its cached metadata when it closes a file; when that write fails (a full disk) the close fails
-// half done, the id then points at freed memory, and HDF5's exit handler crashes on it (exit code
-// 139). A failed H5Fflush leaves the file intact but can never be retried ("slist already
-// enabled"). So the file's contents, garbage now, are first truncated away to free the space the
-// metadata needs, then flushed, and only a file with nothing left to write is closed. One that
-// cannot be flushed stays open, harmless once init_hdf5_for_main() has turned the exit handler
-// off.
+// Closes a file being abandoned (its objects closed already), errors ignored. HDF5 1.10 writes its
+// cached metadata on close; if that fails (a full disk) the id is left pointing at freed memory and
+// HDF5's exit handler crashes on it, while a failed H5Fflush leaves the file intact (but can never
+// be retried). So the contents are truncated away to make room, then flushed, and only a flushed
+// file is closed; one that is not stays open, harmless once init_hdf5_for_main() ran.
 void close_abandoned(hid_t f) {
   if (f < 0) return;
   int* fd = nullptr;
@@ -65,8 +62,7 @@ ShardWriter::ShardWriter(const std::string& path, const CorpusMeta& meta, const 
   require(opt.chunk_tokens > 0, path + ": chunk_tokens must be positive");
   file_ = H5Id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
   if (!file_.valid()) throw_hdf5<std::runtime_error>(path + ": cannot create HDF5 file");
-  const bool narrow = token_bytes(meta.vocab_size) == 2;
-  mem_type_ = H5T_NATIVE_UINT32;  // HDF5 narrows to the file's uint16 on write (ids < vocab)
+  const bool narrow = meta.vocab_size <= 65535;  // every id fits uint16
   tokens_ = create_1d(file_.get(), "tokens", narrow ? H5T_STD_U16LE : H5T_STD_U32LE, 0,
                       opt.chunk_tokens, /*extendible=*/true, opt.compression);
   if (!tokens_.valid()) fail("cannot create dataset 'tokens'");
@@ -74,9 +70,8 @@ ShardWriter::ShardWriter(const std::string& path, const CorpusMeta& meta, const 
 }
 
 ShardWriter::~ShardWriter() {
-  // Not closed: an exception is unwinding past the writer, and the file will be removed. Release
-  // HDF5's handles without writing more (writing could fail again, on a full disk, and report
-  // twice).
+  // Not closed: an error is unwinding and the file will be removed. Write nothing more (on a full
+  // disk that would fail and report again).
   tokens_.reset();
   close_abandoned(file_.release());
 }
@@ -114,8 +109,9 @@ void ShardWriter::flush() {
       H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0)
     fail("cannot select tokens to write");
   H5Id mspace(H5Screate_simple(1, count, nullptr), H5Sclose);
-  if (!mspace.valid() || H5Dwrite(tokens_.get(), mem_type_, mspace.get(), fspace.get(), H5P_DEFAULT,
-                                  pending_.data()) < 0)
+  // HDF5 narrows to the file's uint16 when vocab_size allows (ids < vocab_size)
+  if (!mspace.valid() || H5Dwrite(tokens_.get(), H5T_NATIVE_UINT32, mspace.get(), fspace.get(),
+                                  H5P_DEFAULT, pending_.data()) < 0)
     fail("cannot write tokens");
   written_ += static_cast<int64_t>(pending_.size());
   pending_.clear();
@@ -126,22 +122,19 @@ void ShardWriter::close() {
   flush();
   tokens_.reset();
   const hid_t f = file_.get();
+  auto write_1d = [&](const char* name, hid_t file_type, hid_t mem_type, size_t n, int64_t chunk,
+                      const void* data) {
+    H5Id ds = create_1d(f, name, file_type, n, chunk, /*extendible=*/false, 0);
+    if (!ds.valid() ||
+        (n > 0 && H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0))
+      fail(std::string("cannot write dataset '") + name + "'", &ds);
+  };
   std::vector<int64_t> offsets = doc_offsets_;
   offsets.push_back(written_);
-  const int64_t chunk = std::min<int64_t>(offsets.size(), 1 << 16);
-  {
-    H5Id off = create_1d(f, "doc_offsets", H5T_STD_I64LE, offsets.size(), chunk, false, 0);
-    if (!off.valid() ||
-        H5Dwrite(off.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offsets.data()) < 0)
-      fail("cannot write dataset 'doc_offsets'", &off);
-  }
-  {
-    const auto& model = meta_.tokenizer_model;
-    H5Id tok = create_1d(f, "tokenizer", H5T_STD_U8LE, model.size(), 0, false, 0);
-    if (!tok.valid() || (!model.empty() && H5Dwrite(tok.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL,
-                                                    H5P_DEFAULT, model.data()) < 0))
-      fail("cannot write dataset 'tokenizer'", &tok);
-  }
+  write_1d("doc_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, offsets.size(),
+           std::min<int64_t>(offsets.size(), 1 << 16), offsets.data());
+  const std::string& model = meta_.tokenizer_model;
+  write_1d("tokenizer", H5T_STD_U8LE, H5T_NATIVE_UINT8, model.size(), 0, model.data());
   try {
     write_attr_str(f, "format", kFormatName);
     write_attr_int(f, "format_version", kFormatVersion);
@@ -157,8 +150,8 @@ void ShardWriter::close() {
     close_abandoned(file_.release());  // the attribute writer has named the file and the reason
     throw;
   }
-  // Flushed before it is closed, so that a failure leaves a file HDF5 can still hold: see
-  // close_abandoned. (Such a file cannot be flushed again; it stays open.)
+  // Flushed before it is closed, so that a failure leaves a file HDF5 can still hold (it stays
+  // open: see close_abandoned).
   if (H5Fflush(f, H5F_SCOPE_LOCAL) < 0) {
     file_.release();
     throw_hdf5<std::runtime_error>(path_ + ": cannot finish HDF5 file");
@@ -183,8 +176,8 @@ std::string printable(const std::string& s) {
   return s.size() > 60 ? out + "..." : out;
 }
 
-// The reason an open failed. Out of file descriptors is worth naming with the limit: HDF5 itself
-// would only say that it cannot open the file, as if the file were at fault.
+// The reason an open failed. Out of file descriptors is named, with the limit: HDF5 would only say
+// that it cannot open the file, as if the file were at fault.
 [[noreturn]] void open_failed(const std::string& p, const std::string& what) {
   const std::string reason = hdf5_error();
   const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -219,18 +212,17 @@ H5Id open_1d(hid_t f, const std::string& p, const char* name, hid_t dapl = H5P_D
   return ds;
 }
 
-std::string dtype_of(hid_t ds, const std::string& p, const char* name) {
+H5Id dtype_of(hid_t ds, const std::string& p, const char* name) {
   H5Id type(H5Dget_type(ds), H5Tclose);
   if (!type.valid()) throw_hdf5<UsageError>(p + ": cannot read the dtype of '" + name + "'");
-  return describe_type(type.get());
+  return type;
 }
 
-// The number of elements of 1-D dataset `ds`, checked against what the file can hold: `elem`
-// bytes each, in a file of `file_size` bytes. Uncompressed, the claimed bytes must fit in the
-// file and be stored (no chunk left unwritten: HDF5 would serve fill values for it, and a resize
-// to 2^47 costs a file nothing). Compressed, every chunk must be stored and the claimed bytes
-// within what deflate can inflate the stored ones to. Chunks must fit in the file likewise (HDF5
-// allocates a whole chunk to read from it).
+// The length of 1-D dataset `ds` of `elem`-byte elements, checked against a file of `file_size`
+// bytes. Uncompressed, the claimed bytes must fit in the file and be stored (HDF5 serves fill
+// values for unwritten chunks, and a resize to 2^47 costs a file nothing). Compressed, every chunk
+// must be stored and the claim within what deflate can inflate the file to. A chunk must fit too
+// (HDF5 allocates a whole chunk to read from it).
 int64_t checked_length(hid_t ds, const std::string& p, const char* name, uint64_t elem,
                        uint64_t file_size) {
   H5Id space(H5Dget_space(ds), H5Sclose);
@@ -285,7 +277,6 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   if (::stat(p.c_str(), &st) != 0) {
     const int err = errno;
     require(err != ENOENT, p + ": no such file");
-    if (err == EMFILE || err == ENFILE) open_failed(p, "cannot read file");
     throw UsageError(p + ": cannot read file: " + std::strerror(err));
   }
   require(!S_ISDIR(st.st_mode),
@@ -317,12 +308,36 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
   // ---- tokens: dtype, then its size against the file, then vocab_size against the dtype
   {
     H5Id ds = open_1d(f, p, "tokens");
-    const std::string got = dtype_of(ds.get(), p, "tokens");
+    const H5Id type = dtype_of(ds.get(), p, "tokens");
+    const std::string got = describe_type(type.get());
     require(got == "uint16" || got == "uint32",
             p + ": dataset 'tokens' has dtype " + got + ", expected uint16 or uint32");
     elem_bytes_ = got == "uint16" ? 2 : 4;
     mem_type_ = elem_bytes_ == 2 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32;
     num_tokens_ = checked_length(ds.get(), p, "tokens", elem_bytes_, file_size_);
+
+    // Random windows are ~2 KB and chunks ~128 KB: through the chunk cache every window read
+    // would pull in its whole chunk. Uncompressed chunks are read directly without a cache;
+    // compressed ones must be inflated whole, so they keep one.
+    H5Id dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
+    if (!dcpl.valid()) throw_hdf5<UsageError>(p + ": cannot read the layout of 'tokens'");
+    const bool filtered = H5Pget_nfilters(dcpl.get()) > 0;
+    H5Id dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
+    if (!dapl.valid() || H5Pset_chunk_cache(dapl.get(), filtered ? 521 : 0,
+                                            filtered ? size_t{64} << 20 : 0, 1.0) < 0)
+      throw_hdf5<UsageError>(p + ": cannot set up reading 'tokens'");
+    ds.reset();  // HDF5 ignores the dapl of a dataset that is already open
+    tokens_ = open_1d(f, p, "tokens", dapl.get());
+    hsize_t chunk = 0;
+    int* vfd = nullptr;
+    H5Id fapl(H5Fget_access_plist(f), H5Pclose);
+    if (!filtered && H5Pget_layout(dcpl.get()) == H5D_CHUNKED &&
+        H5Pget_chunk(dcpl.get(), 1, &chunk) == 1 && H5Tequal(type.get(), mem_type_) > 0 &&
+        fapl.valid() && H5Pget_driver(fapl.get()) == H5FD_SEC2 &&
+        H5Fget_vfd_handle(f, H5P_DEFAULT, reinterpret_cast<void**>(&vfd)) >= 0 && vfd != nullptr) {
+      fd_ = *vfd;  // HDF5's sec2 descriptor: pread() needs no file offset of its own
+      chunk_tokens_ = static_cast<int64_t>(chunk);
+    }
   }
   meta_.vocab_size = need_int("vocab_size");
   const int64_t max_vocab = elem_bytes_ == 2 ? 65535 : int64_t{1} << 31;
@@ -351,40 +366,13 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
               std::to_string(num_tokens_) + " tokens stored");
   check_doc_offsets(need_int("num_docs"));
 
-  {
-    // Random windows are ~2 KB and chunks ~128 KB: through the chunk cache every window read
-    // would pull in its whole chunk. Uncompressed chunks are read directly without a cache;
-    // compressed ones must be inflated whole, so they keep one.
-    H5Id ds = open_1d(f, p, "tokens");
-    H5Id dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
-    if (!dcpl.valid()) throw_hdf5<UsageError>(p + ": cannot read the layout of 'tokens'");
-    const bool filtered = H5Pget_nfilters(dcpl.get()) > 0;
-    H5Id dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
-    if (!dapl.valid() || H5Pset_chunk_cache(dapl.get(), filtered ? 521 : 0,
-                                            filtered ? size_t{64} << 20 : 0, 1.0) < 0)
-      throw_hdf5<UsageError>(p + ": cannot set up reading 'tokens'");
-    tokens_ = open_1d(f, p, "tokens", dapl.get());
-    H5Id type(H5Dget_type(tokens_.get()), H5Tclose);
-    if (!type.valid()) throw_hdf5<UsageError>(p + ": cannot read the dtype of 'tokens'");
-    hsize_t chunk = 0;
-    int* vfd = nullptr;
-    H5Id fapl(H5Fget_access_plist(f), H5Pclose);
-    if (!filtered && H5Pget_layout(dcpl.get()) == H5D_CHUNKED &&
-        H5Pget_chunk(dcpl.get(), 1, &chunk) == 1 &&
-        H5Tequal(type.get(), elem_bytes_ == 2 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT32) > 0 &&
-        fapl.valid() && H5Pget_driver(fapl.get()) == H5FD_SEC2 &&
-        H5Fget_vfd_handle(f, H5P_DEFAULT, reinterpret_cast<void**>(&vfd)) >= 0 && vfd != nullptr) {
-      fd_ = *vfd;  // HDF5's sec2 descriptor: pread() needs no file offset of its own
-      chunk_tokens_ = static_cast<int64_t>(chunk);
-    }
-  }
   file_space_ = H5Id(H5Dget_space(tokens_.get()), H5Sclose);
   if (!file_space_.valid()) throw_hdf5<UsageError>(p + ": cannot read the shape of 'tokens'");
   // At most one entry per stored chunk, and checked_length has seen every chunk stored.
   if (chunk_tokens_ > 0) chunk_addr_.assign((num_tokens_ + chunk_tokens_ - 1) / chunk_tokens_, 0);
 
   H5Id tok = open_1d(f, p, "tokenizer");
-  const std::string tok_type = dtype_of(tok.get(), p, "tokenizer");
+  const std::string tok_type = describe_type(dtype_of(tok.get(), p, "tokenizer").get());
   require(tok_type == "uint8",
           p + ": dataset 'tokenizer' has dtype " + tok_type + ", expected uint8");
   const int64_t bytes = checked_length(tok.get(), p, "tokenizer", 1, file_size_);
@@ -397,8 +385,7 @@ ShardReader::ShardReader(const std::string& path) : path_(path) {
 void ShardReader::check_doc_offsets(int64_t num_docs) const {
   const std::string& p = path_;
   H5Id ds = open_1d(file_.get(), p, "doc_offsets");
-  H5Id type(H5Dget_type(ds.get()), H5Tclose);
-  if (!type.valid()) throw_hdf5<UsageError>(p + ": cannot read the dtype of 'doc_offsets'");
+  const H5Id type = dtype_of(ds.get(), p, "doc_offsets");
   require(
       H5Tget_class(type.get()) == H5T_INTEGER,
       p + ": dataset 'doc_offsets' has dtype " + describe_type(type.get()) + ", expected int64");
@@ -445,8 +432,6 @@ std::vector<int64_t> ShardReader::doc_offsets() const {
     throw_hdf5<UsageError>(path_ + ": cannot read dataset 'doc_offsets'");
   return out;
 }
-
-ShardReader::~ShardReader() = default;  // fd_ is HDF5's, closed with the file
 
 void ShardReader::read_raw(int64_t start, int64_t n) const {
   buf_.resize((n * elem_bytes_ + 3) / 4);
@@ -495,20 +480,16 @@ void ShardReader::read(int64_t start, int64_t n, int32_t* out) const {
   if (n == 0) return;
   read_raw(start, n);
   // Widen and range-check in one pass; the max is branch-free so the loop vectorises.
-  uint32_t top = 0;
-  if (elem_bytes_ == 2) {
-    const auto* src = reinterpret_cast<const uint16_t*>(buf_.data());
-    for (int64_t i = 0; i < n; ++i) {
-      out[i] = src[i];
-      top = std::max<uint32_t>(top, src[i]);
-    }
-  } else {
-    const uint32_t* src = buf_.data();
+  auto widen = [&](const auto* src) {
+    uint32_t top = 0;
     for (int64_t i = 0; i < n; ++i) {
       out[i] = static_cast<int32_t>(src[i]);
-      top = std::max(top, src[i]);
+      top = std::max<uint32_t>(top, src[i]);
     }
-  }
+    return top;
+  };
+  const uint32_t top =
+      elem_bytes_ == 2 ? widen(reinterpret_cast<const uint16_t*>(buf_.data())) : widen(buf_.data());
   if (static_cast<int64_t>(top) >= meta_.vocab_size) {
     int64_t at = 0;
     while (at < n && static_cast<int64_t>(static_cast<uint32_t>(out[at])) < meta_.vocab_size) ++at;

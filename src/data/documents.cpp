@@ -1,14 +1,31 @@
 // Text and JSONL document readers (see documents.h).
 #include "samout/data/documents.h"
 
-#include <cstdio>
-#include <cstdlib>
-#include <memory>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
 
 #include "samout/common/error.h"
-#include "samout/data/jsonl.h"
 
 namespace samout::data {
+
+std::string json_string_field(std::string_view line, const std::string& field) {
+  nlohmann::json object;
+  try {
+    object = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    // what(): "[json.exception.parse_error.101] parse error at line 1, column 24: <reason>; last
+    // read: '<the line so far>'": keep the reason and the column, not the echo of the line.
+    std::string reason = e.what();
+    const size_t start = reason.find(": ");
+    reason = start == std::string::npos ? reason : reason.substr(start + 2);
+    reason = reason.substr(0, reason.find("; last read"));
+    throw JsonError(reason + " at column " + std::to_string(e.byte));
+  }
+  const auto it = object.is_object() ? object.find(field) : object.end();
+  if (it == object.end() || !it->is_string()) throw JsonError("no string field '" + field + "'");
+  return it->get<std::string>();
+}
 
 std::string strip_ansi(std::string_view s) {
   std::string out;
@@ -54,26 +71,21 @@ size_t utf8_length(std::string_view s, size_t i) {
 }  // namespace
 
 int64_t sanitize_utf8(std::string* s) {
-  size_t i = 0;
-  while (i < s->size()) {  // fast path: valid text is not copied
-    const size_t n = utf8_length(*s, i);
-    if (n == 0) break;
-    i += n;
-  }
-  if (i == s->size()) return 0;
+  std::string out;  // built only when a byte is replaced: valid text is not copied
   int64_t replaced = 0;
-  std::string out(*s, 0, i);
-  while (i < s->size()) {
+  size_t copied = 0;  // s[0, copied) is in out
+  for (size_t i = 0; i < s->size();) {
     const size_t n = utf8_length(*s, i);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";  // U+FFFD
-      ++replaced;
-      ++i;
-    } else {
-      out.append(*s, i, n);
+    if (n > 0) {
       i += n;
+      continue;
     }
+    out.append(*s, copied, i - copied).append("\xEF\xBF\xBD");  // U+FFFD
+    ++replaced;
+    copied = ++i;
   }
+  if (replaced == 0) return 0;
+  out.append(*s, copied, std::string::npos);
   *s = std::move(out);
   return replaced;
 }
@@ -97,16 +109,12 @@ std::string trim_doc(std::string s) {
   }
   return s.substr(first);
 }
-
-struct FileCloser {
-  void operator()(FILE* f) const { std::fclose(f); }
-};
 }  // namespace
 
 int64_t for_each_document(const std::string& path, const TextOptions& opt,
                           const std::function<void(std::string&&, int64_t)>& fn) {
-  std::unique_ptr<FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
-  require(f != nullptr, path + ": cannot open file");
+  std::ifstream in(path, std::ios::binary);
+  require(in.is_open(), path + ": cannot open file");
   const bool jsonl = opt.format == TextOptions::Format::kJsonl ||
                      (opt.format == TextOptions::Format::kAuto &&
                       (ends_with(path, ".jsonl") || ends_with(path, ".json")));
@@ -120,15 +128,11 @@ int64_t for_each_document(const std::string& path, const TextOptions& opt,
     fn(std::move(text), bytes);
   };
 
-  char* buf = nullptr;
-  size_t cap = 0;
-  std::string doc;
-  ssize_t len;
-  while ((len = ::getline(&buf, &cap, f.get())) >= 0) {
-    bytes += len;
+  std::string raw, doc;
+  while (std::getline(in, raw)) {
+    bytes += static_cast<int64_t>(raw.size()) + (in.eof() ? 0 : 1);  // the '\n' too
     ++line_no;
-    std::string_view line(buf, static_cast<size_t>(len));
-    if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+    std::string_view line(raw);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (jsonl) {
       if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
@@ -136,7 +140,6 @@ int64_t for_each_document(const std::string& path, const TextOptions& opt,
       try {
         text = json_string_field(line, opt.jsonl_field);
       } catch (const JsonError& e) {
-        std::free(buf);
         throw UsageError(path + ":" + std::to_string(line_no) +
                          ": unreadable JSONL line: " + e.what());
       }
@@ -148,8 +151,7 @@ int64_t for_each_document(const std::string& path, const TextOptions& opt,
       doc.append(line).push_back('\n');
     }
   }
-  std::free(buf);
-  require(!std::ferror(f.get()), path + ": read error");
+  require(!in.bad(), path + ": read error");
   if (!jsonl) emit(std::move(doc));
   require(docs > 0, path + ": no documents (empty text input)");
   return replaced;

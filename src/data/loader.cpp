@@ -1,8 +1,11 @@
-// The sharded, shuffled, prefetching window loader (see loader.h).
+// The sharded, shuffled, prefetching window loader (see loader.h), and its window sources: an HDF5
+// corpus or a synthetic random stream.
 #include "samout/data/loader.h"
 
 #include <glog/logging.h>
 
+#include <algorithm>
+#include <charconv>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -10,11 +13,128 @@
 #include <thread>
 
 #include "samout/common/error.h"
+#include "samout/data/corpus_file.h"
+#include "samout/data/files.h"
 #include "samout/data/h5.h"
 #include "samout/data/permutation.h"
-#include "samout/data/window_source.h"
+#include "samout/data/tokenizer.h"
 
 namespace samout::data {
+
+namespace {
+// Where the loader's windows come from. A window is T+1 consecutive tokens (T inputs, T shifted
+// targets); its content depends only on its number, never on who reads it: that makes the
+// loader's order independent of the world size.
+class WindowSource {
+ public:
+  virtual ~WindowSource() = default;
+  virtual int64_t num_windows() const = 0;
+  // Writes window w's T+1 tokens to out. Not thread-safe: one caller at a time.
+  virtual void read(int64_t w, int32_t* out) = 0;
+  // vocab and special ids; tokenizer_model is "" for synthetic sources.
+  virtual const CorpusMeta& meta() const = 0;
+};
+
+// Windows of the sorted shards matching `glob`: window i of a shard is its tokens [i*T, i*T + T]
+// (the < T tokens left at a shard's end are unused). Validates every shard (corpus_file.h) and
+// that all share vocab and tokenizer; scans them all for ids >= vocab when they hold at most
+// verify_tokens_max tokens.
+class CorpusSource final : public WindowSource {
+ public:
+  CorpusSource(const std::string& glob, int64_t seq_len, int64_t vocab_size,
+               int64_t verify_tokens_max)
+      : seq_len_(seq_len) {
+    int64_t total_tokens = 0;
+    for (const auto& path : expand_glob(glob, "train-*.h5")) {
+      shards_.push_back(std::make_unique<ShardReader>(path));
+      const ShardReader& s = *shards_.back();
+      const ShardReader& first = *shards_.front();
+      require(s.meta().vocab_size == first.meta().vocab_size,
+              path + ": vocab_size " + std::to_string(s.meta().vocab_size) + " differs from " +
+                  first.path() + "'s " + std::to_string(first.meta().vocab_size));
+      require(s.meta().tokenizer_model == first.meta().tokenizer_model,
+              path + ": tokenizer differs from " + first.path() + "'s");
+      // Window i of a shard needs tokens [i*T, i*T+T], so a shard of n tokens has (n-1)/T.
+      first_window_.push_back(num_windows_);
+      num_windows_ += std::max<int64_t>(0, (s.num_tokens() - 1) / seq_len);
+      total_tokens += s.num_tokens();
+    }
+    meta_ = shards_.front()->meta();
+    const std::string& path = shards_.front()->path();
+
+    // Every shard carries the same tokenizer bytes (checked above), so one check covers them all:
+    // SentencePiece must load it, its pieces fit the vocabulary, its special ids match the file's.
+    const CorpusMeta t = Tokenizer(meta_.tokenizer_model, path + ": embedded tokenizer").meta();
+    require(t.vocab_size <= meta_.vocab_size,
+            path + ": embedded tokenizer has " + std::to_string(t.vocab_size) +
+                " pieces, more than vocab_size " + std::to_string(meta_.vocab_size));
+    auto same = [&](const char* name, int64_t file, int64_t model) {
+      require(file == model, path + ": " + name + " " + std::to_string(file) +
+                                 " disagrees with the embedded tokenizer's " +
+                                 std::to_string(model));
+    };
+    same("pad_id", meta_.pad_id, t.pad_id);
+    same("bos_id", meta_.bos_id, t.bos_id);
+    same("eos_id", meta_.eos_id, t.eos_id);
+    same("unk_id", meta_.unk_id, t.unk_id);
+
+    require(vocab_size == 0 || vocab_size == meta_.vocab_size,
+            path + ": corpus vocab_size " + std::to_string(meta_.vocab_size) +
+                " differs from the requested " + std::to_string(vocab_size));
+    require(num_windows_ > 0, glob + ": corpus of " + std::to_string(total_tokens) +
+                                  " tokens is shorter than one window of " +
+                                  std::to_string(seq_len + 1) + " tokens");
+    if (total_tokens <= verify_tokens_max)
+      for (const auto& s : shards_) s->verify_tokens();
+  }
+
+  int64_t num_windows() const override { return num_windows_; }
+  const CorpusMeta& meta() const override { return meta_; }
+
+  void read(int64_t w, int32_t* out) override {
+    CHECK(w >= 0 && w < num_windows_) << w;
+    // The shard holding window w: the last one whose first window is <= w.
+    const size_t s =
+        std::upper_bound(first_window_.begin(), first_window_.end(), w) - first_window_.begin() - 1;
+    shards_[s]->read((w - first_window_[s]) * seq_len_, seq_len_ + 1, out);
+  }
+
+ private:
+  int64_t seq_len_;
+  std::vector<std::unique_ptr<ShardReader>> shards_;
+  std::vector<int64_t> first_window_;  // global index of each shard's window 0 (ascending)
+  int64_t num_windows_ = 0;
+  CorpusMeta meta_;
+};
+
+// "random:SEED": 2^32 windows of uniform ids in [0, vocab_size), token j of window w a pure
+// function of (SEED, w, j).
+class RandomSource final : public WindowSource {
+ public:
+  RandomSource(const std::string& spec, uint64_t seed, int64_t seq_len, int64_t vocab_size)
+      : seed_(seed), seq_len_(seq_len) {
+    require(vocab_size > 0 && vocab_size <= (int64_t{1} << 31),
+            spec + ": needs vocab_size in [1, 2^31], got " + std::to_string(vocab_size));
+    meta_.vocab_size = vocab_size;  // no special ids: pad/bos/eos/unk stay -1
+    meta_.tokenizer_kind = "random";
+  }
+  int64_t num_windows() const override { return int64_t{1} << 32; }
+  const CorpusMeta& meta() const override { return meta_; }
+
+  void read(int64_t w, int32_t* out) override {
+    const uint64_t base = mix64(seed_ ^ mix64(static_cast<uint64_t>(w)));
+    const uint64_t v = static_cast<uint64_t>(meta_.vocab_size);
+    // Lemire's multiply-shift maps a uniform 32-bit value to [0, v) without a division.
+    for (int64_t j = 0; j <= seq_len_; ++j)
+      out[j] = static_cast<int32_t>(((mix64(base + j) & 0xffffffffULL) * v) >> 32);
+  }
+
+ private:
+  uint64_t seed_;
+  int64_t seq_len_;
+  CorpusMeta meta_;
+};
+}  // namespace
 
 struct Loader::Impl {
   LoaderConfig cfg;
@@ -114,13 +234,13 @@ struct Loader::Impl {
     }
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return !ready.empty(); });
-    Slot slot = std::move(ready.front());
-    if (slot.error) std::rethrow_exception(slot.error);  // keep the slot: next() fails again
+    if (ready.front().error) std::rethrow_exception(ready.front().error);  // kept: fails again
+    Batch b = std::move(ready.front().batch);
     ready.pop_front();
     cv.notify_all();
-    CHECK(slot.batch.cursor == cursor);
+    CHECK(b.cursor == cursor);
     cursor = advance(cursor);
-    return std::move(slot.batch);
+    return b;
   }
 };
 
@@ -142,13 +262,16 @@ std::unique_ptr<Loader> Loader::open(const LoaderConfig& cfg) {
   auto impl = std::make_unique<Impl>();
   impl->cfg = cfg;
   if (spec.rfind("random:", 0) == 0) {
-    const std::string seed = spec.substr(7);
-    require(!seed.empty() && seed.find_first_not_of("0123456789") == std::string::npos,
+    uint64_t seed = 0;
+    const char* end = spec.data() + spec.size();
+    const auto [ptr, err] = std::from_chars(spec.data() + 7, end, seed);
+    require(spec.size() > 7 && ptr == end && err == std::errc(),
             spec + ": expected random:SEED with a non-negative integer SEED");
     require(cfg.vocab_size > 0, spec + ": random data needs vocab_size > 0");
-    impl->source = open_random(std::stoull(seed), cfg.seq_len, cfg.vocab_size);
+    impl->source = std::make_unique<RandomSource>(spec, seed, cfg.seq_len, cfg.vocab_size);
   } else {
-    impl->source = open_corpus(spec, cfg.seq_len, cfg.vocab_size, cfg.verify_tokens_max);
+    impl->source =
+        std::make_unique<CorpusSource>(spec, cfg.seq_len, cfg.vocab_size, cfg.verify_tokens_max);
   }
   const int64_t m = impl->source->num_windows();
   require(m >= cfg.global_batch,

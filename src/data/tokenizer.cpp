@@ -4,7 +4,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <fstream>
-#include <sstream>
+#include <iterator>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -74,9 +74,7 @@ Tokenizer::Tokenizer(const std::string& serialized_model, const std::string& whe
 Tokenizer Tokenizer::from_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   require(in.good(), path + ": cannot open tokenizer model");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return Tokenizer(ss.str(), path);
+  return Tokenizer(std::string(std::istreambuf_iterator<char>(in), {}), path);
 }
 
 void Tokenizer::encode(std::string_view text, std::vector<int>* ids) const {

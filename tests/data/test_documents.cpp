@@ -6,7 +6,6 @@
 #include "corpus_fixture.h"
 #include "samout/common/error.h"
 #include "samout/data/documents.h"
-#include "samout/data/jsonl.h"
 
 namespace samout::data {
 namespace {

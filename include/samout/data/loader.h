@@ -1,15 +1,13 @@
 // The training data loader: shuffled windows of T+1 tokens, sharded over ranks, read ahead.
 //
-// Order. Epoch e shuffles the corpus's M windows with a keyed bijection P_e of [0, M) (a Feistel
-// permutation keyed by (seed, e); see permutation.h), so the shuffle needs O(1) memory. Global
-// step k of epoch e is the G windows P_e(k*G) .. P_e(k*G + G-1), whatever the world size, and rank
-// r of W takes rows [r*G/W, (r+1)*G/W) of it. An epoch has floor(M/G) steps; the M mod G windows
-// left over differ from epoch to epoch. So a run's global batches are identical at every W, and
-// the cursor (epoch, step) is the loader's whole resume state.
+// Order. Epoch e shuffles the M windows with a keyed bijection P_e of [0, M) (permutation.h), in
+// O(1) memory. Global step k of epoch e is the G windows P_e(k*G) .. P_e(k*G + G-1), of which rank
+// r of W takes rows [r*G/W, (r+1)*G/W). An epoch has floor(M/G) steps (the M mod G windows left
+// over differ by epoch). So global batches are identical at every W, and the cursor (epoch, step)
+// is the loader's whole resume state.
 //
-// Prefetch. With prefetch > 0 a background thread reads up to `prefetch` batches ahead, so next()
-// only waits on disk when reading is slower than training. Errors met there (e.g. a corrupt token)
-// are rethrown by the next() that would have returned that batch.
+// Prefetch. A background thread reads up to `prefetch` batches ahead; an error met there (e.g. a
+// corrupt token) is rethrown by the next() that would have returned that batch.
 #pragma once
 
 #include <cstdint>
@@ -23,13 +21,12 @@ struct LoaderConfig {
   std::string spec;          // glob of HDF5 shards, or "random:SEED"
   int64_t seq_len = 0;       // T; windows hold T+1 tokens
   int64_t global_batch = 0;  // G, sequences per global step, same at every world size
-  int rank = 0, world = 1;   // this rank takes rows [rank*G/W, (rank+1)*G/W) of each global batch
-  uint64_t seed = 0;         // shuffle key
-  int prefetch = 4;          // batches read ahead by the background thread (0 = synchronous)
-  // required for random:, checked against the corpus otherwise (0 = take corpus's)
-  int64_t vocab_size = 0;
-  // Corpora of at most this many tokens are scanned in full at open() for ids >= vocab_size (a
-  // 1 GiB scan costs about a second); larger ones are checked window by window as they are read.
+  int rank = 0, world = 1;
+  uint64_t seed = 0;       // shuffle key
+  int prefetch = 4;        // batches read ahead by the background thread (0 = synchronous)
+  int64_t vocab_size = 0;  // required for random:, else checked against the corpus (0: any)
+  // Corpora of at most this many tokens are scanned for ids >= vocab_size at open() (1 GiB takes
+  // about a second); larger ones are checked window by window as they are read.
   int64_t verify_tokens_max = int64_t{1} << 29;
 };
 
@@ -72,9 +69,8 @@ class Loader {
   std::unique_ptr<Impl> impl_;
 };
 
-// Refuses (UsageError naming both specs) a validation corpus that does not share the training
-// corpus's tokenizer: vocabulary, serialized model and special ids. The trainer calls it after
-// opening both loaders.
+// Refuses (UsageError naming both specs) a validation corpus whose tokenizer (vocabulary, model,
+// special ids) differs from the training corpus's.
 void require_same_tokenizer(const Loader& train, const Loader& val);
 
 }  // namespace samout::data

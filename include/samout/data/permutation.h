@@ -1,18 +1,16 @@
 // A keyed bijection of [0, n): the loader's shuffle, in O(1) memory whatever n is.
 //
-// Why not a stored permutation: a 1e11-token corpus has ~1e8 windows of 1024 tokens, and a stored
-// int64 permutation of them is 800 MB per rank, rebuilt each epoch. A Feistel network over the
-// smallest even-bit power of two >= n is a bijection of [0, 4^h) for any key; cycle-walking
-// (re-applying it until the value falls below n) restricts it to a bijection of [0, n), with at
-// most 4 expected rounds since 4^h < 4n.
+// A stored permutation of a 1e11-token corpus's ~1e8 windows would be 800 MB per rank. A Feistel
+// network over the smallest power of 4 >= n is a bijection of [0, 4^h) for any key; cycle-walking
+// (re-applying it until the value is below n) restricts it to [0, n), in < 4 expected rounds.
 #pragma once
 
 #include <cstdint>
 
 namespace samout::data {
 
-// splitmix64's finaliser: a fast, well-mixed 64-bit hash, the source of every key and random
-// token in the data library (so results never depend on the platform's std:: distributions).
+// splitmix64's finaliser: the source of every key and random token in the data library (so
+// results never depend on the platform's std:: distributions).
 inline uint64_t mix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -26,7 +24,6 @@ class FeistelPermutation {
   FeistelPermutation(uint64_t n, uint64_t key);
   // The image of i, for i in [0, n).
   uint64_t operator()(uint64_t i) const;
-  uint64_t size() const { return n_; }
 
  private:
   static constexpr int kRounds = 6;  // 4 suffice for a pseudorandom permutation; 6 for margin

@@ -1,11 +1,9 @@
 // samout_prep's library half: text/JSONL files -> SentencePiece tokenizer -> HDF5 token shards.
 //
-// Two passes over the inputs. The first samples documents (about tokenizer_train_bytes of text,
-// validation documents excluded) and trains the tokenizer, unless one is given. The second
-// encodes every document on `threads` workers, in chunks, and writes them in input order:
-// document d goes to the validation split when hash(seed, d) < val_fraction, so the split is
-// reproducible and independent of the thread count. Everything is written under a temporary
-// directory beside `output` and moved into place at the end: a failed run leaves nothing behind.
+// Two passes over the inputs: the first trains the tokenizer (unless one is given) on a sample of
+// training documents; the second encodes every document on `threads` workers and writes them in
+// input order. Document d is held out for validation when hash(seed, d) < val_fraction, whatever
+// the thread count. Output is written to a temporary directory and moved into place at the end.
 #pragma once
 
 #include <cstdint>
