@@ -14,22 +14,6 @@
 #include "samout/train/flags.h"
 #include "samout/train/trainer.h"
 
-namespace {
-
-// Runs `body` and returns the first line of what it threw, or "".
-template <typename F>
-std::string error_of(F&& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    return what.substr(0, what.find('\n'));
-  }
-  return "";
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
   gflags::SetUsageMessage("data-parallel SamOut training; see README.md");
@@ -46,10 +30,13 @@ int main(int argc, char** argv) {
       agree_no_error(ctx, samout::train::compare_with_root(), "samout_ddp")) {
     // The ranks' flags agree, but a device may be missing on one node: agreed too.
     std::optional<samout::train::TrainConfig> cfg;
-    const std::string config_error = error_of([&] {
+    std::string config_error;
+    try {
       cfg = samout::train::config_from_flags();
       samout::dist::select_device(ctx, cfg->device, cfg->comm);
-    });
+    } catch (const std::exception& e) {
+      config_error = samout::first_line(e.what());
+    }
     if (agree_no_error(ctx, config_error, "samout_ddp")) {
       rc = samout::run_program(
           "samout_ddp", [&] { return samout::train::run_training(*cfg, ctx); },

@@ -4,7 +4,6 @@
 // In Python:  sd = torch.load("model.pt");  SamOut(...).load_state_dict(sd)
 // An output ending in .h5 is written as HDF5 instead (the trainer's --init_from reads both).
 #include <gflags/gflags.h>
-#include <glog/logging.h>
 
 #include <iostream>
 
@@ -21,10 +20,7 @@ DEFINE_string(output, "", "output file: torch.load format, or HDF5 when it ends 
 
 int main(int argc, char** argv) {
   samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
-  gflags::SetUsageMessage("export a checkpoint's weights for PyTorch");
-  samout::parse_flags_or_exit("samout_export", &argc, &argv);
-  FLAGS_logtostderr = true;
-  google::InitGoogleLogging(argv[0]);
+  samout::start_program("samout_export", "export a checkpoint's weights for PyTorch", &argc, &argv);
   return samout::run_program("samout_export", [] {
     using samout::require;
     require(!FLAGS_checkpoint.empty(), "--checkpoint is required");

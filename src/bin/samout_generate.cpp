@@ -1,25 +1,19 @@
 // samout_generate: text from a checkpoint, streamed to stdout token by token.
 //   samout_generate --checkpoint=runs/ckpt --prompt="Once upon a time" --max_tokens=200
 //   samout_generate --checkpoint=runs/ckpt/step_00001000 --prompts_file=prompts.txt --seed=7
-// The prompt runs through the model once; every further token is one step with the carried state
-// (samout/model/session.h), so each costs the same however long the context. With --prompts_file
-// (one prompt a line) the prompts are prefilled one by one, their states stacked into one batch
-// (samout/model/generation.h), and each result printed as a JSON line {"prompt", "completion",
-// "prompt_ids", "ids"} at the end.
+// Every token after the prompt is one step with the carried state (model/session.h), as cheap at
+// any context length. --prompts_file (a prompt a line) generates them as one batch and prints a
+// JSON line {"prompt", "completion", "prompt_ids", "ids"} per prompt at the end.
 #include <gflags/gflags.h>
-#include <glog/logging.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <iterator>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/state.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
@@ -61,29 +55,14 @@ DEFINE_bool(stats, false, "print prefill time, tokens/s and ms/token to stderr a
 namespace {
 
 using samout::require;
-namespace fs = std::filesystem;
 
-samout::model::SamOut load_model(const std::string& dir, const torch::Device& device) {
-  samout::model::SamOut model(samout::ckpt::read_state(dir).run.model_config());
-  samout::ckpt::load_into(*model, samout::ckpt::read_weights(dir + "/model.h5"), dir + "/model.h5");
-  model->to(device);
-  return model;
-}
-
-std::unique_ptr<samout::data::Tokenizer> load_tokenizer(const std::string& dir, int64_t vocab) {
-  std::string path = FLAGS_tokenizer.empty() ? dir + "/tokenizer.model" : FLAGS_tokenizer;
-  require(fs::exists(path),
+std::string tokenizer_path(const std::string& dir) {
+  const std::string path = FLAGS_tokenizer.empty() ? dir + "/tokenizer.model" : FLAGS_tokenizer;
+  require(std::filesystem::exists(path),
           FLAGS_tokenizer.empty()
               ? dir + " has no tokenizer.model (trained on random: data?); give --tokenizer=PATH"
               : "--tokenizer=" + path + ": no such file");
-  std::ifstream in(path, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  require(in.good() || in.eof(), path + ": cannot read");
-  auto tok = std::make_unique<samout::data::Tokenizer>(bytes, path);
-  require(tok->meta().vocab_size <= vocab,
-          path + ": vocabulary of " + std::to_string(tok->meta().vocab_size) +
-              " does not fit the model's " + std::to_string(vocab));
-  return tok;
+  return path;
 }
 
 std::vector<std::string> read_prompts() {
@@ -141,10 +120,16 @@ int run() {
   if (FLAGS_threads > 0) torch::set_num_threads(FLAGS_threads);
   const torch::Device device(FLAGS_device == "cuda" ? torch::kCUDA : torch::kCPU);
 
-  auto model = load_model(dir, device);
+  samout::model::SamOut model(samout::ckpt::read_state(dir).run.model_config());
+  samout::ckpt::load_into(*model, samout::ckpt::read_weights(dir + "/model.h5"), dir + "/model.h5");
+  model->to(device);
   const int64_t V = model->config().vocab_size;
-  const auto tok = load_tokenizer(dir, V);
-  const int eos = static_cast<int>(tok->meta().eos_id);
+  const std::string tok_path = tokenizer_path(dir);
+  const auto tok = samout::data::Tokenizer::from_file(tok_path);
+  require(tok.meta().vocab_size <= V, tok_path + ": vocabulary of " +
+                                          std::to_string(tok.meta().vocab_size) +
+                                          " does not fit the model's " + std::to_string(V));
+  const int eos = static_cast<int>(tok.meta().eos_id);
 
   // Prompts to ids, prefilled as one batch.
   const int64_t B = static_cast<int64_t>(prompts.size());
@@ -152,11 +137,9 @@ int run() {
   int64_t prompt_tokens = 0;
   for (int64_t b = 0; b < B; ++b) {
     auto& ids = prompt_ids[b];
-    if (FLAGS_prefix_eos && eos >= 0) ids.push_back(eos);
-    std::vector<int> text_ids;
-    tok->encode(prompts[b], &text_ids);
-    require(!text_ids.empty(), "prompt " + std::to_string(b + 1) + " encodes to no tokens");
-    ids.insert(ids.end(), text_ids.begin(), text_ids.end());
+    tok.encode(prompts[b], &ids);
+    require(!ids.empty(), "prompt " + std::to_string(b + 1) + " encodes to no tokens");
+    if (FLAGS_prefix_eos && eos >= 0) ids.insert(ids.begin(), eos);
     prompt_tokens += static_cast<int64_t>(ids.size());
   }
   samout::model::Session session(model, FLAGS_cuda_graph);
@@ -168,16 +151,16 @@ int run() {
   samout::model::GenerationConfig gc;
   gc.max_tokens = FLAGS_max_tokens;
   gc.eos = FLAGS_stop_at_eos ? eos : -1;
-  const bool stream_out = format == "text";
-  auto print = [&](int64_t, const std::string& piece, bool last) {
-    if (!stream_out) return;
-    std::cout << piece << (last ? "\n" : "") << std::flush;
-  };
+  samout::model::OnText print;
+  if (format == "text")
+    print = [](int64_t, const std::string& piece, bool last) {
+      std::cout << piece << (last ? "\n" : "") << std::flush;
+    };
   const auto t1 = std::chrono::steady_clock::now();
   const auto out = samout::model::generate(
       session, sampler, prompt_ids, logits, gc,
-      [&](const std::vector<int>& ids) { return tok->decode(ids); }, print);
-  if (!stream_out) {
+      [&](const std::vector<int>& ids) { return tok.decode(ids); }, print);
+  if (format == "jsonl") {
     for (int64_t b = 0; b < B; ++b)
       std::cout << nlohmann::json{{"prompt", prompts[b]},
                                   {"completion", out.text[b]},
@@ -201,9 +184,6 @@ int run() {
 
 int main(int argc, char** argv) {
   samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
-  gflags::SetUsageMessage("generate text from a SamOut checkpoint");
-  samout::parse_flags_or_exit("samout_generate", &argc, &argv);
-  FLAGS_logtostderr = true;
-  google::InitGoogleLogging(argv[0]);
+  samout::start_program("samout_generate", "generate text from a SamOut checkpoint", &argc, &argv);
   return samout::run_program("samout_generate", run);
 }

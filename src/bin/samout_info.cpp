@@ -15,8 +15,8 @@ DEFINE_int64(heads, 8, "heads h (must divide hidden)");
 DEFINE_bool(names, false, "also list every parameter with its shape");
 
 int main(int argc, char** argv) {
-  gflags::SetUsageMessage("print a SamOut configuration's parameter count");
-  samout::parse_flags_or_exit("samout_info", &argc, &argv);
+  samout::start_program("samout_info", "print a SamOut configuration's parameter count", &argc,
+                        &argv);
   return samout::run_program("samout_info", [] {
     samout::model::ModelConfig cfg;
     cfg.vocab_size = FLAGS_vocab_size;

@@ -1,7 +1,6 @@
 // samout_prep: tokenizes text or JSONL files into HDF5 token shards (see data/README.md).
 //   samout_prep --input='corpus/*.txt' --output=data/mine --vocab_size=8192
 #include <gflags/gflags.h>
-#include <glog/logging.h>
 
 #include <cstdio>
 
@@ -62,10 +61,8 @@ samout::data::PrepConfig config_from_flags(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   samout::data::init_hdf5_for_main();  // before any HDF5 call: no stack printing, no exit handler
-  gflags::SetUsageMessage("samout_prep --input=FILES --output=DIR [--vocab_size=N]");
-  samout::parse_flags_or_exit("samout_prep", &argc, &argv);
-  FLAGS_logtostderr = true;
-  google::InitGoogleLogging(argv[0]);
+  samout::start_program("samout_prep", "samout_prep --input=FILES --output=DIR [--vocab_size=N]",
+                        &argc, &argv);
   return samout::run_program("samout_prep", [&] {
     const auto r = samout::data::run_prep(config_from_flags(argc, argv));
     std::printf(

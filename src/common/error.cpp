@@ -6,14 +6,7 @@
 
 namespace samout {
 
-namespace {
-// Keeps only the first line: c10::Error appends a C++ backtrace after the message.
-std::string first_line(const char* what) {
-  std::string s(what ? what : "");
-  const auto nl = s.find('\n');
-  return nl == std::string::npos ? s : s.substr(0, nl);
-}
-}  // namespace
+std::string first_line(const std::string& message) { return message.substr(0, message.find('\n')); }
 
 int run_program(const char* program, const std::function<int()>& body, bool report_usage) {
   try {

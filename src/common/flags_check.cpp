@@ -1,10 +1,9 @@
-// The command line read as gflags will read it (gflags 2.2's ParseNewCommandLineFlags,
-// ProcessOptionsFromStringLocked, SplitArgumentLocked and FlagValue::ParseFrom), but with every
-// problem reported instead of ignored or fatal. See flags_check.h.
+// The command line read as gflags 2.2 reads it (ParseNewCommandLineFlags, SplitArgumentLocked,
+// ProcessOptionsFromStringLocked), but with every problem reported instead of ignored or fatal.
 #include "samout/common/flags_check.h"
 
 #include <gflags/gflags.h>
-#include <strings.h>
+#include <glog/logging.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,7 +11,6 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
-#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,39 +25,16 @@ namespace samout {
 
 namespace {
 
+constexpr long kMaxFlagfileBytes = 1 << 20;
 // Deeper than any sane set of flagfiles; a cycle is caught before this by the path check.
 constexpr size_t kMaxFlagfileDepth = 64;
 
-// Whether `value` parses as a flag of gflags type `type`, exactly as FlagValue::ParseFrom decides.
-bool parses_as(const std::string& type, const std::string& value) {
-  const char* v = value.c_str();
-  if (type == "bool") {
-    for (const char* word : {"1", "t", "true", "y", "yes", "0", "f", "false", "n", "no"})
-      if (strcasecmp(v, word) == 0) return true;
-    return false;
-  }
-  if (type == "string") return true;
-  if (value.empty()) return false;
-  const int base = v[0] == '0' && (v[1] == 'x' || v[1] == 'X') ? 16 : 10;
-  char* end = nullptr;
-  errno = 0;
-  if (type == "int32" || type == "int64") {
-    const long long r = std::strtoll(v, &end, base);
-    if (errno || *end != '\0') return false;
-    return type == "int64" || r == static_cast<int32_t>(r);
-  }
-  if (type == "uint32" || type == "uint64") {
-    while (*v == ' ') ++v;
-    if (*v == '-') return false;
-    const unsigned long long r = std::strtoull(v, &end, base);
-    if (errno || *end != '\0') return false;
-    return type == "uint64" || r == static_cast<uint32_t>(r);
-  }
-  if (type == "double") {
-    std::strtod(v, &end);
-    return errno == 0 && *end == '\0';
-  }
-  return true;  // a type gflags may add later: let gflags judge it
+// Whether gflags accepts `value` for the flag: it is set, then every flag is put back. A string
+// always parses, and setting --flagfile or --fromenv would read files and the environment.
+bool parses_as(const gflags::CommandLineFlagInfo& info, const std::string& value) {
+  if (info.type == "string") return true;
+  gflags::FlagSaver restore;
+  return !gflags::SetCommandLineOption(info.name.c_str(), value.c_str()).empty();
 }
 
 std::string kind_of(const std::string& type) {
@@ -116,8 +91,8 @@ class Checker {
   }
 
   // One "name[=value]" with its dashes stripped. `next` is the following argument, which a non-bool
-  // flag written without '=' takes as its value (nullptr in a flagfile: there it is not looked at).
-  // `where` prefixes messages ("" on the command line, "FILE:LINE: " in a flagfile).
+  // flag written without '=' takes as its value (nullptr, with used_next, in a flagfile). `where`
+  // prefixes messages ("" on the command line, "FILE:LINE: " in a flagfile).
   void flag(const std::string& arg, const char* next, bool* used_next, const std::string& where) {
     const size_t eq = arg.find('=');
     const std::string key = arg.substr(0, eq);
@@ -150,7 +125,7 @@ class Checker {
         return problem(where + "--" + key + " needs a value (--" + key + "=VALUE)");
       }
     }
-    if (!parses_as(info.type, value))
+    if (!parses_as(info, value))
       return problem(where + "--" + key + "=" + value + ": '" + value + "' is not " +
                      kind_of(info.type));
     if (info.name == "flagfile") {
@@ -210,9 +185,8 @@ class Checker {
     stack_.pop_back();
   }
 
-  // gflags' ProcessOptionsFromStringLocked, with every line that gflags would skip or misread
-  // reported: an unknown flag, a flag without a value, and any line that is not a flag or a comment
-  // (gflags takes it for a list of program names, and ignores the flags after it).
+  // Reports every line gflags would skip or misread: an unknown flag, a flag without a value, and a
+  // line that is neither flag nor comment (gflags ignores every flag after it).
   void lines(const std::string& text, const std::string& path) {
     size_t pos = 0;
     while (pos < text.size()) {
@@ -230,9 +204,7 @@ class Checker {
                 "' is not a flag: a flagfile holds --name=value lines, # comments and blank lines");
         continue;
       }
-      const std::string arg = line.substr(line.size() > 1 && line[1] == '-' ? 2 : 1);
-      bool used_next = false;
-      flag(arg, nullptr, &used_next, where);
+      flag(line.substr(line.size() > 1 && line[1] == '-' ? 2 : 1), nullptr, nullptr, where);
     }
   }
 
@@ -256,7 +228,7 @@ class Checker {
       const std::string value = env;
       if (value == "fromenv" || value == "tryfromenv") {
         problem(what + ": FLAGS_" + name + "=" + value + " would recurse");
-      } else if (!parses_as(info.type, value)) {
+      } else if (!parses_as(info, value)) {
         problem(what + ": FLAGS_" + name + "='" + value + "' is not " + kind_of(info.type));
       } else if (info.name == "flagfile") {
         flagfiles(value, what + ": FLAGS_flagfile: ");
@@ -272,8 +244,8 @@ class Checker {
   std::vector<Problem> problems_;
 };
 
-// Set while gflags parses: should gflags exit (with 1) on an error check_command_line missed, the
-// exit code is the contract's 2. gflags has printed its own message by then.
+// Set while gflags parses: should gflags exit (with 1) on an error the Checker missed, the exit
+// code is the contract's 2. gflags has printed its own message by then.
 std::atomic<bool> g_in_gflags{false};
 
 void exit_usage_if_in_gflags() {
@@ -282,17 +254,12 @@ void exit_usage_if_in_gflags() {
 
 }  // namespace
 
-std::string check_command_line(int argc, char** argv) {
-  Checker c;
-  c.command_line(argc, argv);
-  return c.first_problem();
-}
-
 std::string parse_flags(int* argc, char*** argv) {
-  const std::string error = check_command_line(*argc, *argv);
+  Checker checker;
+  checker.command_line(*argc, *argv);
+  const std::string error = checker.first_problem();
   if (!error.empty()) return error;
-  static const bool registered = std::atexit(exit_usage_if_in_gflags) == 0;
-  (void)registered;
+  [[maybe_unused]] static const int registered = std::atexit(exit_usage_if_in_gflags);
   g_in_gflags = true;
   gflags::ParseCommandLineNonHelpFlags(argc, argv, /*remove_flags=*/true);
   g_in_gflags = false;
@@ -300,11 +267,15 @@ std::string parse_flags(int* argc, char*** argv) {
   return "";
 }
 
-void parse_flags_or_exit(const char* program, int* argc, char*** argv) {
+void start_program(const char* program, const char* usage, int* argc, char*** argv) {
+  gflags::SetUsageMessage(usage);
   const std::string error = parse_flags(argc, argv);
-  if (error.empty()) return;
-  std::fprintf(stderr, "%s: error: %s\n", program, error.c_str());
-  std::exit(kExitUsage);
+  if (!error.empty()) {
+    std::fprintf(stderr, "%s: error: %s\n", program, error.c_str());
+    std::exit(kExitUsage);
+  }
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging((*argv)[0]);
 }
 
 }  // namespace samout

@@ -17,15 +17,15 @@ std::vector<std::string> split_list(const std::string& list, char sep) {
 }
 
 std::string format_duration(double s) {
-  char buf[32];
   if (!std::isfinite(s) || s < 0) return "?";
+  const int whole = static_cast<int>(s);
+  char buf[32];
   if (s < 60) {
     std::snprintf(buf, sizeof(buf), "%.1fs", s);
   } else if (s < 3600) {
-    std::snprintf(buf, sizeof(buf), "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+    std::snprintf(buf, sizeof(buf), "%dm%02ds", whole / 60, whole % 60);
   } else {
-    std::snprintf(buf, sizeof(buf), "%dh%02dm", static_cast<int>(s) / 3600,
-                  (static_cast<int>(s) % 3600) / 60);
+    std::snprintf(buf, sizeof(buf), "%dh%02dm", whole / 3600, whole % 3600 / 60);
   }
   return buf;
 }

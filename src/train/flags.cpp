@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <set>
-#include <sstream>
 #include <vector>
 
 #include "samout/common/error.h"
@@ -87,7 +86,6 @@ std::string format_number(double v) {
   return buf;
 }
 
-constexpr int64_t kMaxThreads = 1024;
 constexpr double kMaxCommTimeoutS = 86400;  // a day
 
 // Flags that may differ between ranks: they do not change what any rank computes or when it
@@ -198,8 +196,7 @@ TrainConfig config_from_flags() {
     require(std::isfinite(v) && ok,
             std::string("--") + name + " must be " + range + ", got " + format_number(v));
   };
-  require(c.model.vocab_size >= 0,
-          "--vocab_size must be >= 0, got " + std::to_string(c.model.vocab_size));
+  within(c.model.vocab_size, "vocab_size", 0, INT64_MAX);
   positive(c.model.hidden, "hidden");
   positive(c.model.layers, "layers");
   positive(c.model.heads, "heads");
@@ -208,7 +205,7 @@ TrainConfig config_from_flags() {
               " is not divisible by --heads=" + std::to_string(c.model.heads));
   positive(c.seq_len, "seq_len");
   positive(c.batch_size, "batch_size");
-  require(c.micro_batch >= 0, "--micro_batch must be >= 0, got " + std::to_string(c.micro_batch));
+  within(c.micro_batch, "micro_batch", 0, INT64_MAX);
   require(c.steps >= 0 && c.tokens >= 0, "--steps and --tokens must be >= 0");
   real(c.lr, "lr", c.lr > 0, "a finite number > 0");
   real(c.min_lr, "min_lr", c.min_lr >= 0 && c.min_lr <= c.lr,
@@ -227,13 +224,13 @@ TrainConfig config_from_flags() {
             "--eval_batches must be >= 1 with --val_data, got " + std::to_string(c.eval_batches));
   }
   // Far more threads than any node has cores only oversubscribes it (100000 hangs creating them).
-  within(c.threads, "threads", 0, kMaxThreads);
+  within(c.threads, "threads", 0, 1024);
   within(c.prefetch, "prefetch", 0, 1024);
   within(c.debug_kill_in_save, "debug_kill_in_save", -1, INT64_MAX);
   positive(c.log_every, "log_every");
   require(c.zero == 0 || c.zero == 1, "--zero must be 0 or 1, got " + std::to_string(c.zero));
-  require(c.ckpt_every >= 0, "--ckpt_every must be >= 0, got " + std::to_string(c.ckpt_every));
-  require(c.keep_ckpts >= 1, "--keep_ckpts must be >= 1, got " + std::to_string(c.keep_ckpts));
+  within(c.ckpt_every, "ckpt_every", 0, INT64_MAX);
+  within(c.keep_ckpts, "keep_ckpts", 1, INT64_MAX);
   positive(c.max_bad_steps, "max_bad_steps");
   require(!c.resume.empty(), "--resume must be auto, never or the path of a checkpoint");
   positive(c.bucket_mb, "bucket_mb");
@@ -266,21 +263,10 @@ std::string run_flags() {
   return out;
 }
 
-namespace {
-
-std::vector<std::string> split_lines(const std::string& s) {
-  std::vector<std::string> lines;
-  std::istringstream in(s);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-}  // namespace
-
 std::string compare_with_root() {
   const std::string mine = run_flags(), root = dist::broadcast_from_root(mine);
   if (root == mine) return "";
-  const auto a = split_lines(mine), b = split_lines(root);
+  const auto a = split_list(mine, '\n'), b = split_list(root, '\n');
   for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
     const std::string x = i < a.size() ? a[i] : "(none)", y = i < b.size() ? b[i] : "(none)";
     if (x != y)
