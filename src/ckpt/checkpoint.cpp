@@ -1,10 +1,9 @@
 #include "samout/ckpt/checkpoint.h"
 
-#include <fcntl.h>
 #include <ftw.h>
 #include <glog/logging.h>
 #include <signal.h>
-#include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,8 +11,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <string_view>
+#include <thread>
 
-#include "samout/ckpt/checksum.h"
 #include "samout/ckpt/durable_file.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
@@ -26,8 +27,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr char kOptMagic[8] = {'S', 'A', 'M', 'O', 'P', 'T', '0', '1'};
-constexpr double kRankWaitS = 600;  // how long rank 0 waits for the other ranks' files
+constexpr char kOptMagic[] = "SAMOPT01";  // its 8 letters, without the NUL, begin the file
+constexpr double kRankWaitS = 600;        // how long rank 0 waits for the other ranks' files
 
 // The optimizer file header: 64 bytes, then exp_avg[end-begin] and exp_avg_sq[end-begin] as fp32.
 struct OptHeader {
@@ -37,22 +38,8 @@ struct OptHeader {
 };
 static_assert(sizeof(OptHeader) == 64);
 
-void write_optimizer(const std::string& path, const Snapshot& s) {
-  OptHeader h{};
-  std::memcpy(h.magic, kOptMagic, sizeof(kOptMagic));
-  h.total = s.opt_total;
-  h.begin = s.opt_begin;
-  h.end = s.opt_end;
-  h.steps = s.opt_steps;
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) throw std::runtime_error("cannot create " + path);
-  const size_t n = static_cast<size_t>(s.opt_end - s.opt_begin);
-  bool ok = std::fwrite(&h, sizeof(h), 1, f) == 1;
-  ok = ok && std::fwrite(s.exp_avg.data_ptr<float>(), sizeof(float), n, f) == n;
-  ok = ok && std::fwrite(s.exp_avg_sq.data_ptr<float>(), sizeof(float), n, f) == n;
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  std::fclose(f);
-  if (!ok) throw std::runtime_error("cannot write " + path);
+std::string_view bytes_of(const torch::Tensor& t) {
+  return {static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.nbytes())};
 }
 
 // Recursive delete with nftw. Not std::filesystem::remove_all: libtorch.so exports its own copy of
@@ -67,13 +54,41 @@ void remove_tree(const std::string& path) {
       16, FTW_DEPTH | FTW_PHYS);
 }
 
-std::string rank_file(int rank) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "rank-%05d.json", rank);
-  return buf;
+// "<prefix><n, zero-padded to `width` digits><suffix>"
+std::string numbered(const char* prefix, int64_t n, int width, const char* suffix = "") {
+  const std::string digits = std::to_string(n);
+  return prefix + std::string(std::max<int>(0, width - digits.size()), '0') + digits + suffix;
 }
 
-std::vector<std::string> checkpoint_dirs(const std::string& dir) {  // newest first
+std::string rank_file(int rank) { return numbered("rank-", rank, 5, ".json"); }
+
+// A file's manifest entry: {"size": bytes, "xxh64": 16 hex digits}; size -1 when it cannot be read.
+// A file whose size or checksum differs from its entry is corrupt (truncated, bit-flipped).
+json digest_file(const std::string& path) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) return {{"size", -1}};
+  std::unique_ptr<XXH64_state_t, XXH_errorcode (*)(XXH64_state_t*)> st(XXH64_createState(),
+                                                                       &XXH64_freeState);
+  XXH64_reset(st.get(), 0);
+  std::vector<char> buf(1 << 22);
+  int64_t size = 0;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) {
+    XXH64_update(st.get(), buf.data(), n);
+    size += static_cast<int64_t>(n);
+  }
+  if (std::ferror(f.get())) return {{"size", -1}};
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(XXH64_digest(st.get())));
+  return {{"size", size}, {"xxh64", hex}};
+}
+
+}  // namespace
+
+std::string step_dir_name(int64_t step) { return numbered("step_", step, 8); }
+
+std::vector<std::string> checkpoint_dirs(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -84,32 +99,10 @@ std::vector<std::string> checkpoint_dirs(const std::string& dir) {  // newest fi
   return out;
 }
 
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw UsageError(path + ": cannot read");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw UsageError(path + ": not valid JSON (" + std::string(e.what()) + ")");
-  }
-}
-
-}  // namespace
-
-std::string step_dir_name(int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "step_%08lld", static_cast<long long>(step));
-  return buf;
-}
-
 // ---- Writing ----------------------------------------------------------------------------------------
 
 CheckpointWriter::CheckpointWriter(std::string dir, int keep, int rank, int world)
     : dir_(std::move(dir)), keep_(keep), rank_(rank), world_(world) {}
-
-CheckpointWriter::~CheckpointWriter() {
-  if (thread_.joinable()) thread_.join();
-}
 
 void CheckpointWriter::remove_partial(const std::string& dir) {
   std::error_code ec;
@@ -123,11 +116,11 @@ void CheckpointWriter::remove_partial(const std::string& dir) {
 }
 
 void CheckpointWriter::wait() {
-  if (thread_.joinable()) thread_.join();
-  if (!error_.empty()) {
-    const std::string e = error_;
-    error_.clear();
-    throw std::runtime_error("checkpoint save failed: " + e);
+  if (!in_flight_.valid()) return;
+  try {
+    in_flight_.get();
+  } catch (const std::exception& e) {
+    throw std::runtime_error("checkpoint save failed: " + std::string(e.what()));
   }
 }
 
@@ -137,18 +130,17 @@ void CheckpointWriter::save(Snapshot s, bool async) {
     write(s);
     return;
   }
-  thread_ = std::thread([this, snap = std::move(s)] {
+  in_flight_ = std::async(std::launch::async, [this, snap = std::move(s)] {
     data::quiet_hdf5_errors();  // HDF5's error printing is per thread
-    try {
-      write(snap);
-    } catch (const std::exception& e) {
-      error_ = e.what();
-    }
+    write(snap);
   });
 }
 
 void CheckpointWriter::write(const Snapshot& s) {
   const auto t0 = std::chrono::steady_clock::now();
+  auto seconds = [t0] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   const std::string name = step_dir_name(s.state.step);
   const std::string tmp = dir_ + "/.tmp-" + name;
   fs::create_directories(tmp);
@@ -165,26 +157,26 @@ void CheckpointWriter::write(const Snapshot& s) {
     files.push_back("model.h5");
     CheckpointState state = s.state;
     state.world = world_;
-    write_file_atomic(tmp + "/state.json", state.to_json().dump(2));
+    write_file_atomic(tmp + "/state.json", {state.to_json().dump(2)});
     files.push_back("state.json");
     if (!s.tokenizer.empty()) {
-      write_file_atomic(tmp + "/tokenizer.model", s.tokenizer);
+      write_file_atomic(tmp + "/tokenizer.model", {s.tokenizer});
       files.push_back("tokenizer.model");
     }
   }
   if (s.exp_avg.defined()) {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), "optim-%05d.bin", rank_);
-    write_optimizer(tmp + "/" + buf, s);
-    files.push_back(buf);
+    OptHeader h{{}, s.opt_total, s.opt_begin, s.opt_end, s.opt_steps, {}};
+    std::memcpy(h.magic, kOptMagic, sizeof(h.magic));
+    const std::string f = numbered("optim-", rank_, 5, ".bin");
+    write_file_atomic(tmp + "/" + f,
+                      {std::string_view(reinterpret_cast<const char*>(&h), sizeof(h)),
+                       bytes_of(s.exp_avg), bytes_of(s.exp_avg_sq)});
+    files.push_back(f);
   }
   if (s.debug_kill_midway) ::raise(SIGKILL);  // test only: a rank dies in the middle of a save
   json mine = json::object();
-  for (const auto& f : files) {
-    const FileDigest d = digest_file(tmp + "/" + f);
-    mine[f] = {{"size", d.size}, {"xxh64", d.xxh64}};
-  }
-  write_file_atomic(tmp + "/" + rank_file(rank_), mine.dump(2));
+  for (const auto& f : files) mine[f] = digest_file(tmp + "/" + f);
+  write_file_atomic(tmp + "/" + rank_file(rank_), {mine.dump(2)});
   if (rank_ != 0) return;
 
   // Rank 0: wait for every rank's list, then the manifest, then the rename that publishes it.
@@ -196,24 +188,21 @@ void CheckpointWriter::write(const Snapshot& s) {
   for (int r = 0; r < world_; ++r) {
     const std::string path = tmp + "/" + rank_file(r);
     while (!fs::exists(path)) {
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (waited > kRankWaitS)
+      if (seconds() > kRankWaitS)
         throw std::runtime_error("rank " + std::to_string(r) + " did not finish its part of " +
                                  name);
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     const json listed = read_json(path);  // named: items() must not outlive a temporary
     for (auto& [f, e] : listed.items()) manifest["files"][f] = e;
-    const FileDigest d = digest_file(path);
-    manifest["files"][rank_file(r)] = {{"size", d.size}, {"xxh64", d.xxh64}};
+    manifest["files"][rank_file(r)] = digest_file(path);
   }
   if (!finite) {
     remove_tree(tmp);
     LOG(ERROR) << "checkpoint " << name << " not saved: the weights hold non-finite values";
     return;
   }
-  write_file_atomic(tmp + "/manifest.json", manifest.dump(2));
+  write_file_atomic(tmp + "/manifest.json", {manifest.dump(2)});
   fsync_path(tmp);
   const std::string final_dir = dir_ + "/" + name;
   if (fs::exists(final_dir)) {  // a rerun of the same step replaces the older copy
@@ -242,8 +231,7 @@ void CheckpointWriter::write(const Snapshot& s) {
       if (++kept > keep_) remove_tree(path);
     }
   }
-  LOG(INFO) << "checkpoint " << final_dir << " written in "
-            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s";
+  LOG(INFO) << "checkpoint " << final_dir << " written in " << seconds() << " s";
 }
 
 // ---- Reading ----------------------------------------------------------------------------------------
@@ -260,22 +248,13 @@ std::string verify(const std::string& step_dir) {
   if (!manifest.contains("files") || manifest["files"].empty())
     return "manifest.json lists no files";
   for (auto& [f, e] : manifest["files"].items()) {
-    const FileDigest d = digest_file(step_dir + "/" + f);
-    if (d.size < 0) return f + " is missing";
-    if (d.size != e.value("size", int64_t{-2}))
-      return f + " has " + std::to_string(d.size) + " bytes, manifest says " +
-             std::to_string(e.value("size", int64_t{-2}));
-    if (d.xxh64 != e.value("xxh64", std::string())) return f + " fails its checksum";
-  }
-  return "";
-}
-
-std::string find_latest_valid(const std::string& dir, std::vector<std::string>* skipped) {
-  for (const auto& d : checkpoint_dirs(dir)) {
-    const std::string path = dir + "/" + d;
-    const std::string why = verify(path);
-    if (why.empty()) return path;
-    if (skipped) skipped->push_back(path + ": " + why);
+    const json d = digest_file(step_dir + "/" + f);
+    const int64_t size = d["size"];
+    if (size < 0) return f + " is missing";
+    const int64_t listed = e.value("size", int64_t{-2});
+    if (size != listed)
+      return f + " has " + std::to_string(size) + " bytes, manifest says " + std::to_string(listed);
+    if (d["xxh64"] != e.value("xxh64", std::string())) return f + " fails its checksum";
   }
   return "";
 }
@@ -285,41 +264,30 @@ int64_t read_optimizer_range(const std::string& step_dir, int64_t total, int64_t
   int64_t covered = 0, steps = -1;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(step_dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("optim-", 0) != 0) continue;
-    std::FILE* f = std::fopen(e.path().c_str(), "rb");
-    require(f != nullptr, e.path().string() + ": cannot read");
+    if (e.path().filename().string().rfind("optim-", 0) != 0) continue;
+    const std::string path = e.path().string();
+    std::ifstream f(path, std::ios::binary);
+    require(f.good(), path + ": cannot read");
     OptHeader h{};
-    const bool ok = std::fread(&h, sizeof(h), 1, f) == 1 &&
-                    std::memcmp(h.magic, kOptMagic, sizeof(kOptMagic)) == 0;
-    if (!ok || h.total != total) {
-      std::fclose(f);
-      throw UsageError(e.path().string() + ": not an optimizer shard of a " +
-                       std::to_string(total) + "-parameter model");
-    }
-    if (h.begin < 0 || h.begin > h.end || h.end > total || h.steps < 0) {
-      std::fclose(f);
-      throw UsageError(e.path().string() + ": inconsistent header (range [" +
-                       std::to_string(h.begin) + ", " + std::to_string(h.end) + ") of " +
-                       std::to_string(total) + ", step " + std::to_string(h.steps) + ")");
-    }
+    f.read(reinterpret_cast<char*>(&h), sizeof(h));
+    require(f && std::memcmp(h.magic, kOptMagic, sizeof(h.magic)) == 0 && h.total == total,
+            path + ": not an optimizer shard of a " + std::to_string(total) + "-parameter model");
+    require(h.begin >= 0 && h.begin <= h.end && h.end <= total && h.steps >= 0,
+            path + ": inconsistent header (range [" + std::to_string(h.begin) + ", " +
+                std::to_string(h.end) + ") of " + std::to_string(total) + ", step " +
+                std::to_string(h.steps) + ")");
     steps = h.steps;
     const int64_t lo = std::max(begin, h.begin), hi = std::min(end, h.end);
-    const int64_t n = h.end - h.begin;
-    bool read_ok = true;
     if (lo < hi) {
       for (int which = 0; which < 2; ++which) {
         torch::Tensor& dst = which == 0 ? exp_avg : exp_avg_sq;
-        const off_t off =
-            static_cast<off_t>(sizeof(h) + (which * n + (lo - h.begin)) * sizeof(float));
-        read_ok = read_ok && ::fseeko(f, off, SEEK_SET) == 0 &&
-                  std::fread(dst.data_ptr<float>() + (lo - begin), sizeof(float), hi - lo, f) ==
-                      static_cast<size_t>(hi - lo);
+        f.seekg(sizeof(h) + (which * (h.end - h.begin) + (lo - h.begin)) * sizeof(float));
+        f.read(reinterpret_cast<char*>(dst.data_ptr<float>() + (lo - begin)),
+               (hi - lo) * sizeof(float));
       }
       covered += hi - lo;
     }
-    std::fclose(f);
-    require(read_ok, e.path().string() + ": truncated");
+    require(!f.fail(), path + ": truncated");
   }
   require(covered == end - begin, step_dir + ": optimizer files cover " + std::to_string(covered) +
                                       " of the " + std::to_string(end - begin) + " values needed");

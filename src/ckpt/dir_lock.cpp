@@ -18,17 +18,20 @@ DirLock::DirLock(const std::string& dir) {
   if (fd_ < 0)
     throw UsageError("--ckpt_dir=" + dir + " is not writable: cannot create " + path + " (" +
                      std::strerror(errno) + ")");
+  auto fail = [&](const std::string& why) {
+    ::close(fd_);
+    fd_ = -1;
+    throw UsageError("--ckpt_dir=" + dir + why);
+  };
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     char holder[256] = {0};
     const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
     std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : std::string("unknown");
-    while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
-    ::close(fd_);
-    fd_ = -1;
-    throw UsageError("--ckpt_dir=" + dir + " is in use by another job (" +
-                     (err == EWOULDBLOCK ? "held by " + who : std::string(std::strerror(err))) +
-                     "); give this run its own --ckpt_dir");
+    who.erase(who.find_last_not_of("\n ") + 1);
+    fail(" is in use by another job (" +
+         (err == EWOULDBLOCK ? "held by " + who : std::string(std::strerror(err))) +
+         "); give this run its own --ckpt_dir");
   }
   char host[128] = {0};
   ::gethostname(host, sizeof(host) - 1);
@@ -36,12 +39,8 @@ DirLock::DirLock(const std::string& dir) {
   // Who holds it, for the message above; also proves the folder takes writes (a read-only mount
   // lets the open of an existing file succeed).
   if (::ftruncate(fd_, 0) != 0 ||
-      ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
-    const int err = errno;
-    ::close(fd_);
-    fd_ = -1;
-    throw UsageError("--ckpt_dir=" + dir + " is not writable (" + std::strerror(err) + ")");
-  }
+      ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    fail(std::string(" is not writable (") + std::strerror(errno) + ")");
 }
 
 DirLock::~DirLock() {

@@ -22,13 +22,14 @@ void publish_file(const std::string& tmp, const std::string& path) {
     throw std::runtime_error("cannot rename " + tmp + " to " + path);
 }
 
-void write_file_atomic(const std::string& path, std::string_view bytes) {
+void write_file_atomic(const std::string& path, std::initializer_list<std::string_view> parts) {
   const std::string part = path + ".part";
   std::FILE* f = std::fopen(part.c_str(), "wb");
   if (!f) throw std::runtime_error("cannot create " + part);
   try {
-    const bool ok =
-        std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0;
+    bool ok = true;
+    for (std::string_view b : parts) ok = ok && std::fwrite(b.data(), 1, b.size(), f) == b.size();
+    ok = ok && std::fflush(f) == 0;
     if (std::fclose(f) != 0 || !ok) throw std::runtime_error("cannot write " + part);
     publish_file(part, path);
   } catch (...) {

@@ -2,9 +2,10 @@
 
 #include <glog/logging.h>
 
+#include <charconv>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <vector>
 
 #include "samout/ckpt/checkpoint.h"
 #include "samout/common/error.h"
@@ -16,12 +17,11 @@ using nlohmann::json;
 namespace {
 
 std::string to_hex(const std::string& bytes) {
-  static const char* digits = "0123456789abcdef";
   std::string out;
-  out.reserve(2 * bytes.size());
+  char pair[3];
   for (unsigned char c : bytes) {
-    out += digits[c >> 4];
-    out += digits[c & 15];
+    std::snprintf(pair, sizeof(pair), "%02x", c);
+    out += pair;
   }
   return out;
 }
@@ -29,39 +29,25 @@ std::string to_hex(const std::string& bytes) {
 // False when `hex` is not an even-length hex string.
 bool from_hex(const std::string& hex, std::string* bytes) {
   if (hex.size() % 2 != 0) return false;
-  auto nibble = [](char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
   bytes->clear();
   for (size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    bytes->push_back(static_cast<char>(hi * 16 + lo));
+    unsigned byte = 0;
+    const char* end = hex.data() + i + 2;
+    if (std::from_chars(hex.data() + i, end, byte, 16).ptr != end) return false;
+    bytes->push_back(static_cast<char>(byte));
   }
   return true;
 }
 
-json run_to_json(const RunShape& r) {
-  return {{"vocab_size", r.vocab_size},
-          {"hidden", r.hidden},
-          {"layers", r.layers},
-          {"heads", r.heads},
-          {"seq_len", r.seq_len},
-          {"batch_size", r.batch_size},
-          {"seed", r.seed},
-          {"data", r.data},
-          {"optimizer", r.optimizer},
-          {"zero", r.zero},
-          {"pad_id", r.pad_id}};
-}
-
 }  // namespace
 
+// Every field is required by from_json (json::at); CheckpointState::from_json supplies the two that
+// older files lack.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunShape, vocab_size, hidden, layers, heads, seq_len, batch_size,
+                                   seed, data, optimizer, zero, pad_id)
+
 std::string RunShape::mismatch(const RunShape& o) const {
-  const json mine = run_to_json(*this), theirs = run_to_json(o);
+  const json mine = *this, theirs = o;
   for (const char* k : {"vocab_size", "hidden", "layers", "heads", "seq_len", "batch_size", "seed",
                         "data", "optimizer"})
     if (mine[k] != theirs[k])
@@ -85,7 +71,7 @@ json CheckpointState::to_json() const {
           {"step", step},
           {"cursor", {{"epoch", cursor.epoch}, {"step", cursor.step}}},
           {"world", world},
-          {"run", run_to_json(run)},
+          {"run", run},
           {"rng_cpu", to_hex(rng_cpu)}};
 }
 
@@ -100,35 +86,29 @@ CheckpointState CheckpointState::from_json(const json& j, const std::string& whe
     s.world = j.value("world", 0);
     require(from_hex(j.value("rng_cpu", std::string()), &s.rng_cpu),
             where + ": rng_cpu is not a hex string");
-    const auto& r = j.at("run");
-    s.run.vocab_size = r.at("vocab_size").get<int64_t>();
-    s.run.hidden = r.at("hidden").get<int64_t>();
-    s.run.layers = r.at("layers").get<int64_t>();
-    s.run.heads = r.at("heads").get<int64_t>();
-    s.run.seq_len = r.at("seq_len").get<int64_t>();
-    s.run.batch_size = r.at("batch_size").get<int64_t>();
-    s.run.seed = r.at("seed").get<uint64_t>();
-    s.run.data = r.at("data").get<std::string>();
-    s.run.optimizer = r.at("optimizer").get<std::string>();
-    s.run.zero = r.value("zero", 0);
-    s.run.pad_id = r.value("pad_id", int64_t{-1});
+    json run = j.at("run");
+    run.emplace("zero", 0);  // absent from older files (emplace keeps a value that is there)
+    run.emplace("pad_id", -1);
+    s.run = run.get<RunShape>();
   } catch (const json::exception& e) {
     throw UsageError(where + ": malformed (" + std::string(e.what()) + ")");
   }
   return s;
 }
 
-CheckpointState read_state(const std::string& step_dir) {
-  const std::string path = step_dir + "/state.json";
+json read_json(const std::string& path) {
   std::ifstream in(path);
   require(in.good(), path + ": cannot read");
-  json j;
   try {
-    j = json::parse(in);
+    return json::parse(in);
   } catch (const json::exception& e) {
     throw UsageError(path + ": not valid JSON (" + std::string(e.what()) + ")");
   }
-  return CheckpointState::from_json(j, path);
+}
+
+CheckpointState read_state(const std::string& step_dir) {
+  const std::string path = step_dir + "/state.json";
+  return CheckpointState::from_json(read_json(path), path);
 }
 
 std::string resolve_checkpoint(const std::string& path, const std::string& flag, bool none_ok) {
@@ -143,18 +123,18 @@ std::string resolve_checkpoint(const std::string& path, const std::string& flag,
     require(why.empty(), what + ": " + why);
     return path;
   }
-  std::vector<std::string> skipped;
-  const std::string newest = find_latest_valid(path, &skipped);
-  for (const auto& s : skipped) LOG(WARNING) << "skipping checkpoint " << s;
-  if (newest.empty()) {
-    if (skipped.empty() && none_ok) return "";
-    std::string all;
-    for (const auto& s : skipped) all += (all.empty() ? "" : "; ") + s;
-    throw UsageError(what + ": no valid checkpoint in it" +
-                     (skipped.empty() ? std::string(" (no step_ folders)")
-                                      : ": none verifies (" + all + "); repair or move them"));
+  std::string skipped;                           // "step_dir: why; ..."
+  for (const auto& d : checkpoint_dirs(path)) {  // the newest that verifies
+    const std::string step_dir = path + "/" + d;
+    const std::string why = verify(step_dir);
+    if (why.empty()) return step_dir;
+    LOG(WARNING) << "skipping checkpoint " << step_dir << ": " << why;
+    skipped += (skipped.empty() ? "" : "; ") + step_dir + ": " + why;
   }
-  return newest;
+  if (skipped.empty() && none_ok) return "";
+  throw UsageError(what + ": no valid checkpoint in it" +
+                   (skipped.empty() ? std::string(" (no step_ folders)")
+                                    : ": none verifies (" + skipped + "); repair or move them"));
 }
 
 }  // namespace samout::ckpt

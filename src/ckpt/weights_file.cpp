@@ -70,38 +70,31 @@ void write_torch_weights(const std::string& path,
   torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(),
                                      writer);
   writer.writeEndOfFile();
-  write_file_atomic(path, std::string_view(bytes.data(), bytes.size()));
+  write_file_atomic(path, {std::string_view(bytes.data(), bytes.size())});
 }
-
-namespace {
-
-std::map<std::string, torch::Tensor> read_torch_weights(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  c10::IValue v;
-  try {
-    v = torch::pickle_load(bytes);
-  } catch (const std::exception&) {
-    throw UsageError(path + ": neither an HDF5 weights file nor a torch.save'd dict of tensors");
-  }
-  require(v.isGenericDict(), path + ": holds a " + v.tagKind() + ", not a dict of tensors");
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& kv : v.toGenericDict()) {
-    require(kv.key().isString() && kv.value().isTensor(),
-            path + ": holds a non-tensor entry; expected {name: tensor}");
-    out[kv.key().toStringRef()] = kv.value().toTensor().to(torch::kFloat32);
-  }
-  return out;
-}
-
-}  // namespace
 
 std::map<std::string, torch::Tensor> read_weights(const std::string& path) {
   require(::access(path.c_str(), R_OK) == 0, path + ": no such file");
-  if (H5Fis_hdf5(path.c_str()) <= 0) return read_torch_weights(path);
+  std::map<std::string, torch::Tensor> out;
+  if (H5Fis_hdf5(path.c_str()) <= 0) {  // a torch.save'd dict
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    c10::IValue v;
+    try {
+      v = torch::pickle_load(bytes);
+    } catch (const std::exception&) {
+      throw UsageError(path + ": neither an HDF5 weights file nor a torch.save'd dict of tensors");
+    }
+    require(v.isGenericDict(), path + ": holds a " + v.tagKind() + ", not a dict of tensors");
+    for (const auto& kv : v.toGenericDict()) {
+      require(kv.key().isString() && kv.value().isTensor(),
+              path + ": holds a non-tensor entry; expected {name: tensor}");
+      out[kv.key().toStringRef()] = kv.value().toTensor().to(torch::kFloat32);
+    }
+    return out;
+  }
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   require(file.valid(), path + ": cannot open");
-  std::map<std::string, torch::Tensor> out;
   H5Literate(
       file.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr,
       [](hid_t loc, const char* name, const H5L_info_t*, void* op) -> herr_t {

@@ -4,7 +4,6 @@
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 
 #include <algorithm>
-#include <chrono>
 
 namespace samout::dist {
 
@@ -18,11 +17,10 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm,
   numel_ = total;
   const int64_t W = comm.world();
   const int64_t padded = (total + W - 1) / W * W;  // equal shards for ZeRO-1's collectives
+  shard_end_ = total;
   if (zero_) {
     shard_begin_ = std::min(total, rank * (padded / W));
     shard_end_ = std::min(total, (rank + 1) * (padded / W));
-  } else {
-    shard_end_ = total;
   }
   const auto opts = params_[0].options().dtype(torch::kFloat32);
   flat_params_ = torch::zeros({padded}, opts);
@@ -31,8 +29,7 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm,
   const int64_t bucket_elems = std::max<int64_t>(1, bucket_bytes / 4);
   int64_t offset = 0;
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    auto& p = params_[i];
+  for (auto& p : params_) {
     const int64_t n = p.numel();
     if (buckets_.empty() || buckets_.back().end - buckets_.back().begin >= bucket_elems)
       buckets_.push_back(Bucket{offset, offset, 0, 0});
@@ -61,17 +58,13 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm,
   LOG(INFO) << "gradient buckets: " << buckets_.size() << " over " << total << " parameters";
 }
 
-GradReducer::~GradReducer() = default;
-
 void GradReducer::zero_grad() { flat_grads_.zero_(); }
 
 void GradReducer::begin_backward(bool sync) {
   sync_ = sync;
   next_launch_ = 0;
   launch_order_.clear();
-  for (auto& b : buckets_) {
-    b.waiting = b.num_params;
-  }
+  for (auto& b : buckets_) b.waiting = b.num_params;
 }
 
 void GradReducer::on_grad_ready(int64_t bucket) {

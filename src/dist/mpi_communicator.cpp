@@ -1,8 +1,8 @@
-// MPI collectives. CPU tensors are reduced in place; CUDA tensors (--comm=mpi, ranks sharing a GPU)
-// go through pinned host buffers: copied out before the collective, copied back after it.
+// MPI collectives (see communicator.h): CPU tensors in place, CUDA tensors through pinned copies.
 #include <glog/logging.h>
 
 #include <chrono>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -13,25 +13,6 @@
 namespace samout::dist {
 
 namespace {
-
-// The host memory MPI works on: the tensor itself on the CPU, else a pinned copy of it. The copy out
-// is synchronous (MPI needs the values now); the copy back is queued on the current stream, and the
-// pinned block is not reused before it is done (PyTorch's caching host allocator records the copy).
-struct HostView {
-  torch::Tensor device, host;
-  explicit HostView(const torch::Tensor& t) : device(t) {
-    CHECK(t.is_contiguous());
-    if (t.is_cpu()) {
-      host = t;
-    } else {
-      host = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
-      host.copy_(t);
-    }
-  }
-  void copy_back() {
-    if (!device.is_cpu()) device.copy_(host, /*non_blocking=*/true);
-  }
-};
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -47,12 +28,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   void allreduce_sum_async(torch::Tensor flat, const std::string& what) override {
-    if (world_ == 1) return;
-    const MPI_Datatype type = mpi_datatype(flat.scalar_type());  // before a pending entry exists
-    pending_.push_back({HostView(flat), MPI_REQUEST_NULL, what});
-    auto& h = pending_.back().view.host;
-    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h.data_ptr(), static_cast<int>(h.numel()), type,
-                                    MPI_SUM, comm_, &pending_.back().req));
+    launch(flat, what, [&](const torch::Tensor& h, MPI_Datatype type, MPI_Request* req) {
+      SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h.data_ptr(), static_cast<int>(h.numel()), type,
+                                      MPI_SUM, comm_, req));
+    });
   }
 
   void progress() override {
@@ -66,57 +45,64 @@ class MpiCommunicator final : public Communicator {
     const auto start = std::chrono::steady_clock::now();
     for (auto& p : pending_) {
       wait_one(&p.req, p.what, start);
-      p.view.copy_back();
+      if (!p.tensor.is_cpu()) p.tensor.copy_(p.host, /*non_blocking=*/true);
     }
     pending_.clear();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
 
+  // The blocking collectives complete those started before them too (they were issued first).
   void allreduce_sum(torch::Tensor t) override {
-    if (world_ == 1) return;
-    HostView v(t);
-    MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, v.host.data_ptr(),
-                                    static_cast<int>(v.host.numel()),
-                                    mpi_datatype(v.host.scalar_type()), MPI_SUM, comm_, &req));
-    wait_one(&req, "all-reduce", std::chrono::steady_clock::now());
-    v.copy_back();
+    allreduce_sum_async(t, "all-reduce");
+    wait_all();
   }
 
   void all_gather(torch::Tensor flat) override {
-    if (world_ == 1) return;
     CHECK(flat.numel() % world_ == 0);
-    HostView v(flat);
     const int n = static_cast<int>(flat.numel() / world_);
-    MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, v.host.data_ptr(), n,
-                                    mpi_datatype(v.host.scalar_type()), comm_, &req));
-    wait_one(&req, "all-gather of the parameters", std::chrono::steady_clock::now());
-    v.copy_back();
+    launch(flat, "all-gather of the parameters",
+           [&](const torch::Tensor& h, MPI_Datatype type, MPI_Request* req) {
+             SAMOUT_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, h.data_ptr(), n,
+                                             type, comm_, req));
+           });
+    wait_all();
   }
 
   void broadcast(torch::Tensor t, int root) override {
-    if (world_ == 1) return;
-    HostView v(t);
-    MPI_Request req;
-    SAMOUT_MPI_CHECK(MPI_Ibcast(v.host.data_ptr(), static_cast<int>(v.host.numel()),
-                                mpi_datatype(v.host.scalar_type()), root, comm_, &req));
-    wait_one(&req, "broadcast", std::chrono::steady_clock::now());
-    v.copy_back();
+    launch(t, "broadcast", [&](const torch::Tensor& h, MPI_Datatype type, MPI_Request* req) {
+      SAMOUT_MPI_CHECK(
+          MPI_Ibcast(h.data_ptr(), static_cast<int>(h.numel()), type, root, comm_, req));
+    });
+    wait_all();
   }
 
  private:
+  // The host memory MPI works on is the tensor itself on the CPU, else a pinned copy of it. The
+  // copy out is synchronous (MPI needs the values now); the copy back is queued on the current
+  // stream, and the pinned block is not reused before it is done (PyTorch's caching host allocator
+  // records the copy). Both stay alive until the collective completes.
   struct Pending {
-    HostView view;  // keeps the buffers alive until the collective completes
+    torch::Tensor tensor, host;
     MPI_Request req;
     std::string what;
   };
 
-  // MPI_Wait has no deadline: test in a loop so that a dead peer cannot hang us. The first
-  // kSpinS of a wait spin on MPI_Test: a small collective needs several tests to progress, and each
-  // sleep costs ~50 us of timer slack (a floor of ~200 us per collective, bench_allreduce). After
-  // that, back off a little so that a waiting rank does not steal a core from a peer that is still
-  // computing on the same node.
+  // Starts a collective on `t`'s host memory (issue(host, type, request)); wait_all() completes it.
+  template <typename F>
+  void launch(const torch::Tensor& t, const std::string& what, F&& issue) {
+    if (world_ == 1) return;
+    const MPI_Datatype type = mpi_datatype(t.scalar_type());  // before a pending entry exists
+    CHECK(t.is_contiguous());
+    torch::Tensor host = t;
+    if (!t.is_cpu())
+      host = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true)).copy_(t);
+    pending_.push_back({t, host, MPI_REQUEST_NULL, what});
+    issue(host, type, &pending_.back().req);
+  }
+
+  // MPI_Wait has no deadline, so test in a loop: spin for kSpinS (a small collective needs several
+  // tests, and each sleep costs ~50 us of timer slack: a floor of ~200 us per collective in
+  // bench_allreduce), then back off so as not to steal a core from a peer computing on this node.
   void wait_one(MPI_Request* req, const std::string& what,
                 std::chrono::steady_clock::time_point start) const {
     constexpr double kSpinS = 200e-6;
@@ -128,8 +114,7 @@ class MpiCommunicator final : public Communicator {
       const auto now = std::chrono::steady_clock::now();
       if (std::chrono::duration<double>(now - begin).count() > kSpinS)
         std::this_thread::sleep_for(std::chrono::microseconds(20));
-      const double waited = std::chrono::duration<double>(now - start).count();
-      if (waited > timeout_s_)
+      if (std::chrono::duration<double>(now - start).count() > timeout_s_)
         abort_job("MPI " + what + " of step " + std::to_string(step_) +
                   " did not complete within --comm_timeout_s=" + std::to_string(timeout_s_) +
                   " s (a peer died or hangs)");
@@ -150,28 +135,19 @@ class MpiCommunicator final : public Communicator {
 }  // namespace
 
 MPI_Datatype mpi_datatype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat:
-      return MPI_FLOAT;
-    case torch::kDouble:
-      return MPI_DOUBLE;
-    case torch::kLong:
-      return MPI_INT64_T;
-    case torch::kInt:
-      return MPI_INT32_T;
-    default:
-      TORCH_CHECK(false, "MPI communicator: unsupported dtype ", t);
-  }
-}
-
-std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, double timeout_s, bool owned) {
-  return std::make_unique<MpiCommunicator>(comm, timeout_s, owned);
+  static const std::map<torch::ScalarType, MPI_Datatype> types = {{torch::kFloat, MPI_FLOAT},
+                                                                  {torch::kDouble, MPI_DOUBLE},
+                                                                  {torch::kLong, MPI_INT64_T},
+                                                                  {torch::kInt, MPI_INT32_T}};
+  const auto it = types.find(t);
+  TORCH_CHECK(it != types.end(), "MPI communicator: unsupported dtype ", t);
+  return it->second;
 }
 
 std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double timeout_s) {
   if (ctx.comm == CommKind::kNccl && ctx.world > 1)
     return make_nccl_communicator(MPI_COMM_WORLD, ctx.device, timeout_s);
-  return make_mpi_communicator(MPI_COMM_WORLD, timeout_s, /*owned=*/false);
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, timeout_s, /*owned=*/false);
 }
 
 std::unique_ptr<Communicator> make_group_communicator(const DistContext& ctx, int group_size,
@@ -184,7 +160,7 @@ std::unique_ptr<Communicator> make_group_communicator(const DistContext& ctx, in
     SAMOUT_MPI_CHECK(MPI_Comm_free(&group));  // NCCL needed it only to share its unique id
     return c;
   }
-  return make_mpi_communicator(group, timeout_s, /*owned=*/true);
+  return std::make_unique<MpiCommunicator>(group, timeout_s, /*owned=*/true);
 }
 
 #ifndef SAMOUT_HAVE_NCCL

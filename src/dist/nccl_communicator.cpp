@@ -1,9 +1,5 @@
-// NCCL collectives for CUDA tensors: one communicator per job, its unique id broadcast over MPI,
-// the collectives on a dedicated stream that waits on the compute stream through an event, and the
-// compute stream waiting on the collectives the same way. The host never waits for a collective:
-// a watchdog thread polls each one's completion event and NCCL's asynchronous error, and on an
-// error or a missed --comm_timeout_s deadline aborts the communicator (so that its kernels return)
-// and the job, naming the collective and the step.
+// NCCL collectives for CUDA tensors (see communicator.h). On an asynchronous error or a missed
+// deadline the watchdog aborts the communicator, so that its kernels return, and then the job.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,6 +9,7 @@
 #include <nccl.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 
 #include "samout/dist/checks.h"
@@ -51,12 +48,10 @@ class NcclCommunicator final : public Communicator {
   void allreduce_sum_async(torch::Tensor flat, const std::string& what) override {
     CHECK(flat.is_cuda() && flat.is_contiguous());
     if (world_ == 1) return;
-    issue(what, [&](cudaStream_t s) {
+    issue(what, flat, [&](cudaStream_t s) {
       SAMOUT_NCCL_CHECK(ncclAllReduce(flat.data_ptr(), flat.data_ptr(), flat.numel(),
                                       nccl_datatype(flat.scalar_type()), ncclSum, comm_, s));
     });
-    flat.record_stream(stream_);  // the caching allocator must not reuse it before the collective
-    launched_ = true;
   }
 
   void progress() override {}
@@ -82,32 +77,28 @@ class NcclCommunicator final : public Communicator {
     if (world_ == 1) return;
     const int64_t n = flat.numel() / world_;
     auto* base = static_cast<char*>(flat.data_ptr());
-    issue("all-gather of the parameters", [&](cudaStream_t s) {
+    issue("all-gather of the parameters", flat, [&](cudaStream_t s) {
       SAMOUT_NCCL_CHECK(ncclAllGather(base + rank_ * n * flat.element_size(), base, n,
                                       nccl_datatype(flat.scalar_type()), comm_, s));
     });
-    flat.record_stream(stream_);
-    launched_ = true;
     wait_all();
   }
 
   void broadcast(torch::Tensor t, int root) override {
     CHECK(t.is_cuda() && t.is_contiguous());
     if (world_ == 1) return;
-    issue("broadcast", [&](cudaStream_t s) {
+    issue("broadcast", t, [&](cudaStream_t s) {
       SAMOUT_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(),
                                       nccl_datatype(t.scalar_type()), root, comm_, s));
     });
-    t.record_stream(stream_);
-    launched_ = true;
     wait_all();
   }
 
  private:
-  // Orders the collective after the compute stream's work so far, enqueues it on the collective
-  // stream, and hands its completion event to the watchdog.
+  // Orders the collective on `t` after the compute stream's work so far, enqueues it on the
+  // collective stream, and hands its completion event to the watchdog.
   template <typename F>
-  void issue(const std::string& what, F&& enqueue) {
+  void issue(const std::string& what, const torch::Tensor& t, F&& enqueue) {
     c10::cuda::CUDAGuard guard(device_);
     at::cuda::CUDAEvent ready;
     ready.record(at::cuda::getCurrentCUDAStream());
@@ -116,6 +107,8 @@ class NcclCommunicator final : public Communicator {
     auto done = std::make_shared<at::cuda::CUDAEvent>();
     done->record(stream_);
     watchdog_->watch("NCCL " + what, step_, [done] { return done->query(); });
+    t.record_stream(stream_);  // the caching allocator must not reuse it before the collective
+    launched_ = true;
   }
 
   std::string async_error() const {
@@ -143,20 +136,15 @@ class NcclCommunicator final : public Communicator {
 bool nccl_compiled() { return true; }
 
 ncclDataType_t nccl_datatype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat:
-      return ncclFloat32;
-    case torch::kDouble:
-      return ncclFloat64;
-    case torch::kBFloat16:
-      return ncclBfloat16;
-    case torch::kLong:
-      return ncclInt64;
-    case torch::kInt:
-      return ncclInt32;
-    default:
-      TORCH_CHECK(false, "NCCL communicator: unsupported dtype ", t);
-  }
+  static const std::map<torch::ScalarType, ncclDataType_t> types = {
+      {torch::kFloat, ncclFloat32},
+      {torch::kDouble, ncclFloat64},
+      {torch::kBFloat16, ncclBfloat16},
+      {torch::kLong, ncclInt64},
+      {torch::kInt, ncclInt32}};
+  const auto it = types.find(t);
+  TORCH_CHECK(it != types.end(), "NCCL communicator: unsupported dtype ", t);
+  return it->second;
 }
 
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const torch::Device& device,

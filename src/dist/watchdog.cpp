@@ -50,19 +50,17 @@ void Watchdog::loop() {
     // asynchronously, possibly between steps.
     while (!entries_.empty() && entries_.front().done()) entries_.pop_front();
     std::string why = error_ ? error_() : std::string();
-    if (why.empty() && !entries_.empty() &&
-        std::chrono::steady_clock::now() > entries_.front().deadline) {
-      std::ostringstream m;
-      m << entries_.front().what << " of step " << entries_.front().step
-        << " did not complete within --comm_timeout_s=" << timeout_s_
-        << " s (a peer died, hangs or is far behind)";
-      why = m.str();
-    } else if (!why.empty()) {
-      std::ostringstream m;
-      m << why;
-      if (!entries_.empty())
-        m << " (pending: " << entries_.front().what << " of step " << entries_.front().step << ")";
-      why = m.str();
+    if (!entries_.empty()) {
+      const Entry& e = entries_.front();
+      const std::string pending = e.what + " of step " + std::to_string(e.step);
+      if (!why.empty()) {
+        why += " (pending: " + pending + ")";
+      } else if (std::chrono::steady_clock::now() > e.deadline) {
+        std::ostringstream m;  // prints the timeout as it was given ("0.1", not "0.100000")
+        m << pending << " did not complete within --comm_timeout_s=" << timeout_s_
+          << " s (a peer died, hangs or is far behind)";
+        why = m.str();
+      }
     }
     if (!why.empty()) {
       failed_ = true;

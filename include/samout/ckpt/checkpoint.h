@@ -1,33 +1,26 @@
 // Sharded, atomic training checkpoints: what is in one, how it is written, how one is found again.
 //
 // A checkpoint is a folder ckpt_dir/step_NNNNNNNN/ holding
-//   model.h5                 the weights, once (rank 0), SPEC.md names (ckpt/weights_file.h)
-//   optim-RRRRR.bin          Adam moments of one range of the flat parameter layout (every rank
-//                            under ZeRO-1; rank 0 alone otherwise, since all ranks agree)
-//   state.json               step, data cursor, RNG state, and the flags that shape the model and run
-//   tokenizer.model          the corpus's SentencePiece model (rank 0; absent for random: data), so
-//                            a checkpoint alone is enough to generate text
-//   rank-RRRRR.json          each rank's list of the files it wrote, with size and XXH64
-//   manifest.json            every file's size and XXH64: written last, by rank 0
-// Atomicity: ranks write into ckpt_dir/.tmp-step_NNNNNNNN/, fsync each file, and leave their
-// rank-*.json. Rank 0 waits for all of them, writes the manifest, and renames the folder into place.
-// A folder without a manifest whose files match it is never resumed from: a rank killed during a
-// save leaves only a .tmp- folder, which the next start removes.
+//   model.h5         the weights, once (rank 0), SPEC.md names (ckpt/weights_file.h)
+//   optim-RRRRR.bin  Adam moments of one range of the flat parameter layout (every rank under
+//                    ZeRO-1; rank 0 alone otherwise, since all ranks agree)
+//   state.json       step, data cursor, RNG state, and the flags that shape the model and run
+//   tokenizer.model  the corpus's SentencePiece model (rank 0; absent for random: data), so a
+//                    checkpoint alone is enough to generate text
+//   rank-RRRRR.json  each rank's files with size and XXH64; manifest.json: all of them, rank 0, last
+// Ranks write and fsync into ckpt_dir/.tmp-step_NNNNNNNN/; rank 0 waits for every rank-*.json, writes
+// the manifest and renames the folder into place. Only a folder whose files match its manifest is
+// resumed from: a rank killed mid-save leaves a .tmp- folder, which the next start removes.
 #pragma once
 
 #include <torch/torch.h>
-#include <nlohmann/json.hpp>
 
-#include <condition_variable>
-#include <memory>
-#include <mutex>
+#include <future>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "samout/ckpt/state.h"
-#include "samout/data/loader.h"
 
 namespace samout::ckpt {
 
@@ -46,7 +39,6 @@ struct Snapshot {
 class CheckpointWriter {
  public:
   CheckpointWriter(std::string dir, int keep, int rank, int world);
-  ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
@@ -62,21 +54,17 @@ class CheckpointWriter {
   void write(const Snapshot& s);  // the body of a save, on whichever thread
   std::string dir_;
   int keep_, rank_, world_;
-  std::thread thread_;
-  std::string error_;
+  std::future<void> in_flight_;  // last: its destructor waits for the save, which uses the above
 };
 
 // ---- Finding and reading ----------------------------------------------------------------------------
 
 std::string step_dir_name(int64_t step);  // "step_00000100"
+// The names of the step_ folders in `dir`, newest first (none when `dir` cannot be read).
+std::vector<std::string> checkpoint_dirs(const std::string& dir);
 
-// Checks every file of the manifest for presence, size and checksum. Empty string when good,
-// otherwise what is wrong (naming the file).
+// "" when every file of the manifest is there with its size and checksum, else what is wrong.
 std::string verify(const std::string& step_dir);
-
-// The newest checkpoint in `dir` that verifies; "" if none. Each checkpoint skipped (and why) is
-// appended to `skipped`.
-std::string find_latest_valid(const std::string& dir, std::vector<std::string>* skipped);
 
 // Fills exp_avg / exp_avg_sq ([end - begin]) for range [begin, end) of the flat layout from the
 // optimizer files of `step_dir`, whatever ranges they were written in (resume at another world

@@ -1,8 +1,7 @@
 // One job per checkpoint folder: rank 0 holds an exclusive flock(2) on <ckpt_dir>/.lock for the
-// whole run. A second job pointed at the same folder would otherwise resume the first one's
-// checkpoint and then trip over its temporary folders; instead it stops at start-up, naming the
-// holder (host and pid, written into the lock file). The kernel drops the lock when the process
-// dies, however it dies, so a crashed job never leaves the folder locked.
+// whole run, so a second job (which would resume the first one's checkpoint and trip over its
+// temporary folders) stops at start-up, naming the holder's host and pid. The kernel drops the lock
+// however the process dies, so a crashed job never leaves the folder locked.
 #pragma once
 
 #include <string>

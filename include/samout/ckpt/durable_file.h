@@ -1,7 +1,8 @@
-// Durable file writes for weights and checkpoints: a reader sees a whole file or none.
-// Files are written under a temporary name, fsynced, then renamed into place.
+// Durable file writes for weights and checkpoints: written under a temporary name, fsynced, then
+// renamed into place, so a reader sees a whole file or none.
 #pragma once
 
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -10,9 +11,9 @@ namespace samout::ckpt {
 // fsync of a file or a folder (a folder's fsync makes the renames inside it durable).
 void fsync_path(const std::string& path);
 
-// Writes `bytes` to path + ".part", fsyncs it and renames it to `path`; on failure the .part is
-// removed.
-void write_file_atomic(const std::string& path, std::string_view bytes);
+// Writes `parts`, one after the other, to path + ".part", fsyncs it and renames it to `path`; on
+// failure the .part is removed.
+void write_file_atomic(const std::string& path, std::initializer_list<std::string_view> parts);
 
 // For files written by a library under the temporary name `tmp`: fsyncs it, renames it to `path`.
 void publish_file(const std::string& tmp, const std::string& path);

@@ -1,7 +1,5 @@
-// A checkpoint's state.json as a type: the run's shape, the data cursor, the RNG state, and which
-// checkpoint a path names. The trainer, samout_export and samout_generate read checkpoints through
-// this file only, so a field is parsed and validated in one place.
-//
+// A checkpoint's state.json as a type, and which checkpoint a path names: every program reads
+// checkpoints through this file, so a field is parsed and validated in one place.
 //   {"format": "samout-checkpoint", "version": 1, "step": 100, "cursor": {"epoch": 0, "step": 100},
 //    "world": 2, "run": {"vocab_size": ..., "optimizer": "adam", "zero": 0, "pad_id": 0},
 //    "rng_cpu": "<hex bytes of torch's CPU generator state>"}
@@ -16,9 +14,8 @@
 
 namespace samout::ckpt {
 
-// The flags that shape a run. A resumed run must match every field that matches() compares: the
-// model's shape and what decides the sequence of global batches (learning rate, steps and world
-// size may change).
+// The flags that shape a run. A resumed run must match every field mismatch() compares: the model's
+// shape and what decides the sequence of global batches (learning rate, steps, world may change).
 struct RunShape {
   int64_t vocab_size = 0, hidden = 0, layers = 0, heads = 0;
   int64_t seq_len = 0, batch_size = 0;
@@ -46,6 +43,9 @@ struct CheckpointState {
   // out of range.
   static CheckpointState from_json(const nlohmann::json& j, const std::string& where);
 };
+
+// A JSON file, parsed; UsageError naming the file when it cannot be read or is not JSON.
+nlohmann::json read_json(const std::string& path);
 
 // step_dir/state.json, parsed and validated (UsageError naming the file).
 CheckpointState read_state(const std::string& step_dir);

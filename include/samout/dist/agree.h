@@ -1,7 +1,5 @@
-// Agreement on host values over MPI_COMM_WORLD: the control plane (start-up checks, the flags, the
-// checkpoint to resume, a preemption request), beside the data plane of dist::Communicator. These
-// run before any communicator exists, or at step boundaries where a collective on a GPU
-// communicator would cost a device sync.
+// Agreement on host values over MPI_COMM_WORLD (flags, the checkpoint to resume, a preemption
+// request): before any communicator exists, or where a GPU collective would cost a device sync.
 #pragma once
 
 #include <string>

@@ -1,6 +1,5 @@
-// Checked MPI, CUDA and NCCL calls. A failed call is a failure of the job, not of one rank: the
-// message names the call, file:line, host and rank, and the whole job is brought down with
-// MPI_Abort so that no peer waits forever in a collective.
+// Checked MPI and NCCL calls. A failed call fails the job, not one rank: the message names the
+// call, file:line, host and rank, and MPI_Abort brings down every rank, so none waits forever.
 #pragma once
 
 #include <mpi.h>
@@ -25,13 +24,6 @@ namespace samout::dist {
       MPI_Error_string(samout_rc_, samout_msg_, &samout_len_);                                     \
       ::samout::dist::fail_call(#call, __FILE__, __LINE__, std::string(samout_msg_, samout_len_)); \
     }                                                                                              \
-  } while (0)
-
-#define SAMOUT_CUDA_CHECK(call)                                                             \
-  do {                                                                                      \
-    const cudaError_t samout_rc_ = (call);                                                  \
-    if (samout_rc_ != cudaSuccess)                                                          \
-      ::samout::dist::fail_call(#call, __FILE__, __LINE__, cudaGetErrorString(samout_rc_)); \
   } while (0)
 
 #define SAMOUT_NCCL_CHECK(call)                                                             \

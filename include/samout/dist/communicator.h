@@ -1,18 +1,12 @@
-// The collectives the trainer needs, behind one small interface.
-//
-// Two implementations:
-//   - MPI (dist/mpi_communicator.cpp): CPU tensors through MPI_I* collectives progressed by test();
-//     CUDA tensors are staged through pinned host buffers (--comm=mpi: several ranks on one GPU,
-//     which NCCL refuses, for testing multi-rank logic on a single card).
-//   - NCCL (dist/nccl_communicator.cpp): one communicator per job, its unique id broadcast over MPI,
-//     collectives on a dedicated stream ordered after the compute stream by events, and the compute
-//     stream made to wait on them the same way: the host never blocks on a collective. A watchdog
-//     thread (dist/watchdog.h) enforces the deadline and NCCL's asynchronous errors instead.
+// The collectives the trainer needs, behind one small interface, in two implementations:
+//   - MPI: CPU tensors through MPI_I* collectives polled with MPI_Test; CUDA tensors staged through
+//     pinned host buffers (--comm=mpi: ranks sharing one GPU, which NCCL refuses, for testing).
+//   - NCCL: its unique id broadcast over MPI, collectives on their own stream, ordered against the
+//     compute stream by events both ways: the host never blocks on one. A watchdog thread
+//     (dist/watchdog.h) enforces the deadline and checks NCCL's asynchronous errors instead.
 // Every collective has a deadline (--comm_timeout_s): a peer that died or hangs brings the job down
-// with a message naming the collective and the step, never a hang.
-//
-// Collectives must be issued in the same order on every rank (GradReducer launches its buckets in
-// bucket order for that reason).
+// with a message naming the collective and the step, never a hang. Collectives must be issued in
+// the same order on every rank (hence GradReducer's bucket order).
 #pragma once
 
 #include <mpi.h>
@@ -61,8 +55,7 @@ class Communicator {
   int64_t step_ = 0;
 };
 
-// The communicator of ctx.comm; a world of one gets MPI's, whose collectives return at once (it
-// needs no NCCL communicator).
+// The communicator of ctx.comm; a world of one gets MPI's, whose collectives return at once.
 std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double timeout_s);
 
 // The communicator of a group of `group_size` consecutive ranks (rank r is in group r / group_size,
@@ -70,9 +63,7 @@ std::unique_ptr<Communicator> make_communicator(const DistContext& ctx, double t
 std::unique_ptr<Communicator> make_group_communicator(const DistContext& ctx, int group_size,
                                                       double timeout_s);
 
-// Over the ranks of `comm` (MPI_COMM_WORLD or a group's). The MPI one frees `comm` if `owned`; the
-// NCCL one uses `comm` only at construction, to share its unique id.
-std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, double timeout_s, bool owned);
+// NCCL over the ranks of `comm` (MPI_COMM_WORLD or a group's), used only to share the unique id.
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const torch::Device& device,
                                                      double timeout_s);
 bool nccl_compiled();

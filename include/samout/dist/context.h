@@ -1,8 +1,5 @@
 // Distributed start-up in one place: MPI, the rank's place on its node, its device and the
-// communicator kind.
-//
-// `samout_ddp` started without mpirun is a world of one (Open MPI's singleton start), which is the
-// single-GPU and CPU default; under mpirun or `srun --mpi=pmix` every rank gets its own rank.
+// communicator kind. Started without mpirun, `samout_ddp` is a world of one (Open MPI's singleton).
 #pragma once
 
 #include <torch/torch.h>
@@ -11,8 +8,7 @@
 
 namespace samout::dist {
 
-// How gradients and parameters travel between ranks: MPI (CPU ranks, or CUDA tensors staged through
-// host memory) or NCCL (CUDA ranks, one GPU each).
+// How gradients and parameters travel between ranks (dist/communicator.h).
 enum class CommKind { kMpi, kNccl };
 
 // What --device and --comm ask for (parsed in train/flags.cpp); select_device() decides.
@@ -33,11 +29,10 @@ struct DistContext {
 // and the rank's place on its node. The device is CPU until select_device().
 DistContext init_distributed(int* argc, char*** argv);
 
-// Device and communicator choice. device: auto (a GPU when one is visible), cpu or cuda.
-// comm: auto (NCCL on GPUs, MPI on CPUs), nccl or mpi. One GPU per local rank
-// (cudaSetDevice); with --comm=mpi several ranks may share a GPU (NCCL refuses that), which is for
-// testing multi-rank logic on one card. Throws UsageError when "cuda" is asked for and there is
-// none, when a node has more ranks than GPUs under NCCL, and for NCCL on the CPU.
+// Device (auto: a GPU when one is visible) and communicator (auto: NCCL on GPUs, MPI on CPUs). One
+// GPU per local rank (cudaSetDevice); --comm=mpi lets ranks share one, for testing. Throws
+// UsageError for cuda with no GPU, for more ranks than GPUs on a node under NCCL, and for NCCL on
+// the CPU.
 void select_device(DistContext& ctx, DeviceRequest device, CommRequest comm);
 
 // Blocks until every rank arrives (used at start-up and shutdown only).

@@ -1,21 +1,19 @@
 // Gradient all-reduce in buckets, overlapped with backward (the scheme of PyTorch DDP).
 //
-// Layout. Every parameter becomes a view into one flat fp32 buffer, and its .grad a view into a
-// second flat buffer of the same layout. Parameters are laid out in reverse registration order
-// (head first, embedding last), which is roughly the order backward produces their gradients, and
-// the gradient buffer is cut into buckets of about --bucket_mb. The optimizer then works on the two
-// flat buffers in one pass, and a bucket is one contiguous collective with no packing copy.
+// Layout. Every parameter becomes a view into one flat fp32 buffer, its .grad a view into a second
+// one, in reverse registration order (head first: roughly the order backward produces gradients).
+// The gradient buffer is cut into buckets of about --bucket_mb, each one contiguous collective with
+// no packing copy, and the optimizer works on the two flat buffers in one pass.
 //
 // Overlap. A post-hook on each parameter's AccumulateGrad node counts the gradients a bucket still
-// waits for; on the last micro-step a bucket's all-reduce starts once its count and those of all
-// buckets before it reach zero (bucket order, the same on every rank whatever order the hooks fire
-// in), while backward goes on with earlier layers. Earlier micro-steps only accumulate locally.
+// waits for; on the last micro-step a bucket's all-reduce starts once it and all buckets before it
+// are complete (bucket order, the same on every rank whatever order the hooks fire in), while
+// backward goes on. Earlier micro-steps only accumulate locally.
 //
 // ZeRO-1 (zero = true). The flat buffers are padded to a multiple of the world size and split into
-// equal shards, one per rank. Buckets are all-reduced during backward exactly as above (see launch()
-// for why not reduce-scattered); rank r then uses the sums of its shard only: the optimizer updates
-// that shard, and all_gather_params() brings every rank the others' updated shards. Optimizer state
-// exists for 1/W of the parameters per rank.
+// one equal shard per rank. Buckets are all-reduced as above (launch() says why not
+// reduce-scattered); rank r's optimizer updates its shard only, with state for 1/W of the
+// parameters, and all_gather_params() brings every rank the others' updated shards.
 #pragma once
 
 #include <torch/torch.h>
@@ -32,7 +30,6 @@ class GradReducer {
   // Moves the parameters' storage into the flat buffer (values kept) and installs the hooks.
   GradReducer(std::vector<torch::Tensor> params, Communicator& comm, int64_t bucket_bytes, int rank,
               bool zero);
-  ~GradReducer();
   GradReducer(const GradReducer&) = delete;
   GradReducer& operator=(const GradReducer&) = delete;
 
@@ -74,8 +71,7 @@ class GradReducer {
   std::vector<torch::Tensor> params_;
   torch::Tensor flat_params_, flat_grads_;
   std::vector<Bucket> buckets_;
-  // Keeps the hooked nodes alive.
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooks alive
   bool sync_ = true;
   int64_t next_launch_ = 0;            // buckets before it are launched this backward
   std::vector<int64_t> launch_order_;  // cleared by begin_backward

@@ -1,11 +1,9 @@
-// A watchdog for collectives that run asynchronously on a device (NCCL), in the manner of PyTorch's
-// ProcessGroupNCCL: the training thread never blocks on a collective, so nobody would notice one
-// that never finishes. A background thread polls every pending collective's completion and the
-// communicator's asynchronous error; on an error or a missed deadline it calls `on_failure` with a
-// message naming the collective and the step (the NCCL communicator aborts itself and the job).
-//
-// The watchdog knows nothing of CUDA or NCCL: a collective is a `done()` predicate (an event query)
-// and the communicator's health is an `error()` function, so the logic is tested on the CPU.
+// A watchdog for collectives that run asynchronously on a device (NCCL), as in PyTorch's
+// ProcessGroupNCCL: the host never blocks on one, so nobody would notice one that never finishes. A
+// thread polls each pending collective and the communicator's asynchronous error; on an error or a
+// missed deadline it calls `on_failure` with a message naming the collective and the step.
+// It knows nothing of CUDA or NCCL (a collective is a `done()` predicate, the communicator's health
+// an `error()` function), so it is tested on the CPU.
 #pragma once
 
 #include <chrono>
