@@ -28,11 +28,7 @@ Params layer_norm_params(int64_t d) { return Params(torch::ones({d}), torch::zer
 
 // ---- MaxStateSuper ---------------------------------------------------------------------------------
 
-MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate_impl)
-    : gate(gate_impl) {
-  require(heads > 0 && hidden % heads == 0, "hidden size " + std::to_string(hidden) +
-                                                " is not divisible by heads " +
-                                                std::to_string(heads));
+MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, ops::GateImpl gate_impl) : gate(gate_impl) {
   combined = register_module("combined", linear_params(hidden, 3 * hidden, /*bias=*/false));
   alpha1 = register_parameter("alpha1", torch::tensor(0.5f));
   alpha2 = register_parameter("alpha2", torch::tensor(0.5f));
@@ -41,17 +37,13 @@ MaxStateSuperImpl::MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImp
   alpha5 = register_parameter("alpha5", torch::tensor(0.5f));
 }
 
-torch::Tensor MaxStateSuperImpl::alphas() const {
-  return torch::stack({alpha1, alpha2, alpha3, alpha4, alpha5});
-}
-
 std::pair<torch::Tensor, torch::Tensor> MaxStateSuperImpl::forward(const torch::Tensor& x,
                                                                    const torch::Tensor& state) {
   // ops::linear: at::linear, or the GEMV when decoding a few rows (ops/linear.h).
   auto y = ops::linear(x, combined->weight);  // (B, T, 3d): a | b | c, read in place by the gate
-  // Under autocast the projection's output may be bf16 while the alphas stay fp32; the gate runs in
-  // the projection's dtype.
-  auto al = alphas().to(y.scalar_type());
+  // (5,), cummax_gate's layout. Under autocast the projection's output may be bf16 while the alphas
+  // stay fp32; the gate runs in the projection's dtype.
+  auto al = torch::stack({alpha1, alpha2, alpha3, alpha4, alpha5}).to(y.scalar_type());
   auto st = state.defined() ? state.to(y.scalar_type()) : state;
   // A sequence split over a context-parallel group: the carry comes from the earlier slices.
   auto r = context && context->size > 1 && !st.defined()
@@ -76,31 +68,20 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& y) {
 
 // ---- DecoderLayer ----------------------------------------------------------------------------------
 
-DecoderLayerImpl::DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl gate) {
-  self_attention = register_module("self_attention", MaxStateSuper(hidden, heads, gate));
+DecoderLayerImpl::DecoderLayerImpl(int64_t hidden, ops::GateImpl gate) {
+  self_attention = register_module("self_attention", MaxStateSuper(hidden, gate));
   ffn = register_module("ffn", FeedForward(hidden));
   layer_norm = register_module("layer_norm", layer_norm_params(hidden));
   alpha = register_parameter("alpha", torch::tensor(0.5f));
 }
 
-std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::run(const torch::Tensor& x,
-                                                              const torch::Tensor& state,
-                                                              bool add_residual) {
-  auto [y, new_state] = self_attention(x, state);
-  // LayerNorm(alpha * f + (1 - alpha) * x) (+ x) in one pass over the rows (ops/mix_norm.h).
-  auto out = ops::mix_layer_norm(ffn(y), x, alpha, layer_norm->weight, layer_norm->bias,
-                                 /*eps=*/1e-5, add_residual);
-  return {out, new_state};
-}
-
-std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward(const torch::Tensor& x,
-                                                                  const torch::Tensor& state) {
-  return run(x, state, /*add_residual=*/false);
-}
-
 std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward_residual(
     const torch::Tensor& x, const torch::Tensor& state) {
-  return run(x, state, /*add_residual=*/true);
+  auto [y, new_state] = self_attention(x, state);
+  // LayerNorm(alpha * f + (1 - alpha) * x) + x in one pass over the rows (ops/mix_norm.h).
+  auto out = ops::mix_layer_norm(ffn(y), x, alpha, layer_norm->weight, layer_norm->bias,
+                                 /*eps=*/1e-5, /*add_residual=*/true);
+  return {out, new_state};
 }
 
 // ---- SamOut ----------------------------------------------------------------------------------------
@@ -112,7 +93,7 @@ SamOutImpl::SamOutImpl(const ModelConfig& cfg) : cfg_(cfg) {
   em = register_module("em", torch::nn::Embedding(em_opts));
   decoder_layers = register_module("decoder_layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.layers; ++i)
-    decoder_layers->push_back(DecoderLayer(cfg.hidden, cfg.heads, cfg.gate));
+    decoder_layers->push_back(DecoderLayer(cfg.hidden, cfg.gate));
   head = register_module("head", linear_params(cfg.hidden, cfg.vocab_size, /*bias=*/false));
 }
 
@@ -137,6 +118,10 @@ void SamOutImpl::check_tokens(const torch::Tensor& tokens) const {
 }
 
 torch::Tensor SamOutImpl::forward(const torch::Tensor& tokens, ModelState* state) {
+  return ops::linear(features(tokens, state), head->weight);  // (B, T, V)
+}
+
+torch::Tensor SamOutImpl::features(const torch::Tensor& tokens, ModelState* state) {
   check_tokens(tokens);
   if (state) {
     require(state->empty() || static_cast<int64_t>(state->size()) == cfg_.layers,
@@ -149,17 +134,10 @@ torch::Tensor SamOutImpl::forward(const torch::Tensor& tokens, ModelState* state
     auto layer = decoder_layers[i]->as<DecoderLayer>();
     torch::Tensor in_state = state ? (*state)[i] : torch::Tensor();
     auto [out, new_state] = layer->forward_residual(e, in_state);
-    e = out;  // layer(e) + e: the outer residual, as in the seed
-    if (state) (*state)[i] = new_state;
+    e = std::move(out);  // layer(e) + e: the outer residual, as in the seed
+    if (state) (*state)[i] = std::move(new_state);
   }
-  return ops::linear(e, head->weight);  // (B, T, V)
-}
-
-torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t pad_id) {
-  const int64_t V = logits.size(-1);
-  return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, V}), targets.reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(pad_id >= 0 ? pad_id : -100));
+  return e;
 }
 
 }  // namespace samout::model

@@ -33,21 +33,10 @@ Session::Session(SamOut model, bool use_cuda_graph)
 
 Session::~Session() = default;
 
-bool Session::graph_captured() const { return graph_ != nullptr; }
-
 torch::Tensor Session::forward_last(const torch::Tensor& tokens, ModelState& state) {
-  const auto& cfg = model_->config();
-  const int64_t T = tokens.size(1);
-  if (state.empty()) state.resize(cfg.layers);
-  auto e = model_->em(tokens);  // (B, T, d)
-  for (int64_t i = 0; i < cfg.layers; ++i) {
-    auto layer = model_->decoder_layers[i]->as<DecoderLayer>();
-    auto [out, new_state] = layer->forward_residual(e, state[i]);
-    e = std::move(out);  // layer(e) + e: the outer residual (SPEC.md)
-    state[i] = std::move(new_state);
-  }
   // The head is the biggest matrix (V x d); only the last position's logits are wanted.
-  return ops::linear(e.select(/*dim=*/1, T - 1), model_->head->weight);  // (B, V)
+  auto e = model_->features(tokens, &state).select(/*dim=*/1, tokens.size(1) - 1);  // (B, d)
+  return ops::linear(e, model_->head->weight);                                      // (B, V)
 }
 
 torch::Tensor Session::prefill(const torch::Tensor& tokens) {
@@ -61,9 +50,8 @@ torch::Tensor Session::prefill(const torch::Tensor& tokens) {
   require(lo >= 0 && hi < V, "prefill: token ids must be in [0, " + std::to_string(V) + "), got [" +
                                  std::to_string(lo) + ", " + std::to_string(hi) + "]");
   torch::InferenceMode inference;
-  const auto device = model_->head->weight.device();
   state_.clear();
-  auto logits = forward_last(tokens.to(device, torch::kInt64), state_);
+  auto logits = forward_last(tokens.to(model_->head->weight.device(), torch::kInt64), state_);
   position_ = tokens.size(1);
   return logits;
 }
@@ -90,7 +78,8 @@ torch::Tensor Session::step(const torch::Tensor& tokens) {
   if (use_cuda_graph_ && model_->head->weight.is_cuda()) {
     if (!graph_ || graph_->batch != B) capture_graph(B);
     auto& g = *graph_;
-    for (size_t i = 0; i < state_.size(); ++i) {  // a new prefill or set_state since the last step
+    // A new prefill, set_state or capture since the last step: the buffers take state_'s values.
+    for (size_t i = 0; i < state_.size(); ++i) {
       if (!state_[i].is_same(g.state[i])) {
         g.state[i].copy_(state_[i]);
         state_[i] = g.state[i];
@@ -104,7 +93,7 @@ torch::Tensor Session::step(const torch::Tensor& tokens) {
   return forward_last(t.to(model_->head->weight.device(), torch::kInt64), state_);
 }
 
-void Session::capture_graph(int64_t batch) {
+void Session::capture_graph([[maybe_unused]] int64_t batch) {
 #ifdef SAMOUT_HAVE_CUDA
   const auto device = model_->head->weight.device();
   graph_.reset();  // its buffers may be state_ itself: state_ keeps them alive
@@ -133,13 +122,7 @@ void Session::capture_graph(int64_t batch) {
     g->graph.capture_end();
   }
   side.synchronize();
-  for (size_t i = 0; i < state_.size(); ++i) {  // undo the warm-up's steps
-    g->state[i].copy_(state_[i]);
-    state_[i] = g->state[i];
-  }
-  graph_ = std::move(g);
-#else
-  (void)batch;
+  graph_ = std::move(g);  // step() then copies state_ in, undoing the warm-up's steps
 #endif
 }
 

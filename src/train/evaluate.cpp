@@ -14,11 +14,7 @@ void Trainer::evaluate(int64_t step) {
   val_loader_->seek({0, 0});  // the same batches every time, so evaluations compare
   auto acc = torch::zeros({2}, torch::kDouble);
   for (int64_t i = 0; i < eval_batches_; ++i) {
-    data::Batch b = val_loader_->next();
-    auto tokens = torch::from_blob(b.tokens.data(), {b.rows, b.cols}, torch::kInt32)
-                      .to(torch::kLong)
-                      .to(ctx_.device);
-    auto [inputs, targets] = my_tokens(tokens);
+    auto [inputs, targets] = my_tokens(upload(val_loader_->next()));
     AutocastScope autocast(cfg_.precision == Precision::kBf16);
     auto logits = model_->forward(inputs).to(torch::kFloat32);
     acc[0] += token_loss_sum(logits, targets).cpu().to(torch::kDouble);
@@ -27,19 +23,10 @@ void Trainer::evaluate(int64_t step) {
   model_->train();
   acc = sum_over_ranks(acc);
   const double val_loss = acc[0].item<double>() / std::max(1.0, acc[1].item<double>());
-  JsonLine j;
-  j.add("step", step).add("val_loss", val_loss).add("val_batches", eval_batches_);
-  metrics_->write(j);
+  metrics_->write(
+      JsonLine().add("step", step).add("val_loss", val_loss).add("val_batches", eval_batches_));
   LOG_IF(INFO, ctx_.is_root()) << "step " << step << " | val loss " << val_loss << " over "
                                << eval_batches_ << " batches";
-}
-
-// A small tensor's sum over ranks, returned on the host (the collective runs on the device the
-// communicator serves). Works on a copy: the argument is left as it was.
-torch::Tensor Trainer::sum_over_ranks(const torch::Tensor& t) {
-  auto dev = t.to(ctx_.device, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  comm_->allreduce_sum(dev);
-  return dev.cpu();
 }
 
 }  // namespace samout::train

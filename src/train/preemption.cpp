@@ -27,7 +27,6 @@ void install_preemption_handlers() {
   sigaction(SIGUSR1, &sa, nullptr);
 }
 
-bool preemption_requested() { return g_signal.load() != 0; }
 int preemption_signal() { return g_signal.load(); }
 
 }  // namespace samout::train

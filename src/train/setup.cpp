@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "samout/ckpt/weights_file.h"
@@ -25,7 +25,6 @@
 
 namespace samout::train {
 
-// Everything that can fail because of the user's input happens here, before any collective.
 void Trainer::setup() {
   const int64_t G = cfg_.batch_size, N = cfg_.context_parallel;
   require(ctx_.world % N == 0, "--context_parallel=" + std::to_string(N) +
@@ -39,12 +38,12 @@ void Trainer::setup() {
                                               " (world " + std::to_string(ctx_.world) +
                                               " / --context_parallel=" + std::to_string(N) + ")";
   require(G % W == 0, "--batch_size=" + std::to_string(G) + " is not divisible by " + world_name);
-  local_rows_ = G / W;
-  micro_ = cfg_.micro_batch > 0 ? cfg_.micro_batch : local_rows_;
-  require(local_rows_ % micro_ == 0, "--batch_size=" + std::to_string(G) + " is not divisible by " +
-                                         (N == 1 ? "world size " + std::to_string(W) : world_name) +
-                                         " x --micro_batch=" + std::to_string(micro_));
-  accum_ = local_rows_ / micro_;
+  const int64_t local_rows = G / W;
+  micro_ = cfg_.micro_batch > 0 ? cfg_.micro_batch : local_rows;
+  require(local_rows % micro_ == 0, "--batch_size=" + std::to_string(G) + " is not divisible by " +
+                                        (N == 1 ? "world size " + std::to_string(W) : world_name) +
+                                        " x --micro_batch=" + std::to_string(micro_));
+  accum_ = local_rows / micro_;
   require(cfg_.precision != Precision::kBf16 || ctx_.device.is_cuda(),
           "--precision=bf16 is not supported on the CPU; use --precision=fp32 or a GPU");
   choose_peak();
@@ -95,10 +94,9 @@ void Trainer::setup() {
     std::error_code ec;
     const auto parent = std::filesystem::path(cfg_.save_weights).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-    std::FILE* f = std::fopen((cfg_.save_weights + ".tmp").c_str(), "w");
-    require(f != nullptr, "--save_weights: cannot write " + cfg_.save_weights);
-    std::fclose(f);
-    std::remove((cfg_.save_weights + ".tmp").c_str());
+    const std::string probe = cfg_.save_weights + ".tmp";
+    require(std::ofstream(probe).is_open(), "--save_weights: cannot write " + cfg_.save_weights);
+    std::remove(probe.c_str());
   }
   if (cfg_.resume != "auto" && cfg_.resume != "never")  // before anything is created
     require(std::filesystem::is_directory(cfg_.resume),
@@ -187,7 +185,6 @@ ckpt::RunShape Trainer::run_shape() const {
   return r;
 }
 
-// Collectives start here: every rank passed setup().
 void Trainer::connect() {
   comm_ = dist::make_communicator(ctx_, cfg_.comm_timeout_s);
   if (cfg_.context_parallel > 1) {
@@ -208,14 +205,10 @@ void Trainer::connect() {
   reducer_ = std::make_unique<dist::GradReducer>(params, *comm_, cfg_.bucket_mb << 20, ctx_.rank,
                                                  cfg_.zero == 1);
   reducer_->broadcast_params(0);  // every rank starts from rank 0's weights
-  AdamOptions ao;
-  ao.beta1 = cfg_.beta1;
-  ao.beta2 = cfg_.beta2;
-  ao.eps = cfg_.eps;
-  ao.weight_decay = cfg_.weight_decay;
-  ao.decoupled = cfg_.optimizer == Optimizer::kAdamW;
+  const AdamOptions adam{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
+                         /*decoupled=*/cfg_.optimizer == Optimizer::kAdamW};
   optimizer_ = std::make_unique<FlatAdam>(reducer_->flat_params(), reducer_->flat_grads(),
-                                          reducer_->shard_begin(), reducer_->shard_end(), ao);
+                                          reducer_->shard_begin(), reducer_->shard_end(), adam);
   if (!cfg_.ckpt_dir.empty())
     writer_ = std::make_unique<ckpt::CheckpointWriter>(cfg_.ckpt_dir, cfg_.keep_ckpts, ctx_.rank,
                                                        ctx_.world);
@@ -246,9 +239,9 @@ void Trainer::resume_from(const std::string& path) {
   start_step_ = state.step;
   loader_->seek(state.cursor);
   if (!state.rng_cpu.empty()) {
-    auto rng = torch::empty({static_cast<int64_t>(state.rng_cpu.size())}, torch::kUInt8);
-    std::memcpy(rng.data_ptr<uint8_t>(), state.rng_cpu.data(), state.rng_cpu.size());
-    auto gen = at::detail::getDefaultCPUGenerator();
+    auto rng = torch::from_blob(const_cast<char*>(state.rng_cpu.data()),
+                                {static_cast<int64_t>(state.rng_cpu.size())}, torch::kUInt8);
+    auto gen = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
     gen.set_state(rng);
   }
   LOG_IF(INFO, ctx_.is_root()) << "resumed from " << path << " at step " << start_step_

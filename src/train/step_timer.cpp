@@ -8,25 +8,24 @@
 namespace samout::train {
 
 #ifdef SAMOUT_HAVE_CUDA
+// kNumPhases + 1 events a step, in a row: its start, then the end of each phase (every step marks
+// them all, in order). Events are kept for reuse across windows.
 struct StepTimer::CudaMarks {
-  // Per step: the start and the end of each phase. Events are kept for reuse across windows.
-  std::vector<std::array<std::unique_ptr<at::cuda::CUDAEvent>, kNumPhases + 1>> steps;
-  size_t used = 0;
+  std::vector<at::cuda::CUDAEvent> events;
+  size_t used = 0;  // recorded since the last take()
 
-  at::cuda::CUDAEvent& event(size_t step, int index) {
-    if (steps.size() <= step) steps.resize(step + 1);
-    auto& e = steps[step][index];
-    if (!e) e = std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault);  // timing enabled
-    return *e;
+  void record() {
+    if (used == events.size()) events.emplace_back(cudaEventDefault);  // timing enabled
+    events[used++].record(at::cuda::getCurrentCUDAStream());
   }
 };
 #else
 struct StepTimer::CudaMarks {};
 #endif
 
-StepTimer::StepTimer(torch::Device device) : device_(device) {
+StepTimer::StepTimer([[maybe_unused]] torch::Device device) {
 #ifdef SAMOUT_HAVE_CUDA
-  if (device_.is_cuda()) cuda_ = std::make_unique<CudaMarks>();
+  if (device.is_cuda()) cuda_ = std::make_unique<CudaMarks>();
 #endif
 }
 
@@ -35,7 +34,7 @@ StepTimer::~StepTimer() = default;
 void StepTimer::start_step() {
 #ifdef SAMOUT_HAVE_CUDA
   if (cuda_) {
-    cuda_->event(cuda_->used++, 0).record(at::cuda::getCurrentCUDAStream());
+    cuda_->record();
     return;
   }
 #endif
@@ -46,7 +45,7 @@ void StepTimer::mark(Phase phase) {
   const int i = static_cast<int>(phase);
 #ifdef SAMOUT_HAVE_CUDA
   if (cuda_) {
-    cuda_->event(cuda_->used - 1, i + 1).record(at::cuda::getCurrentCUDAStream());
+    cuda_->record();
     return;
   }
 #endif
@@ -59,11 +58,11 @@ std::array<double, kNumPhases> StepTimer::take() {
   std::array<double, kNumPhases> ms{};
 #ifdef SAMOUT_HAVE_CUDA
   if (cuda_) {
-    if (cuda_->used > 0) cuda_->steps[cuda_->used - 1][kNumPhases]->synchronize();
-    for (size_t s = 0; s < cuda_->used; ++s) {
-      auto& e = cuda_->steps[s];
-      for (int i = 0; i < kNumPhases; ++i)
-        if (e[i] && e[i + 1]) ms[i] += e[i]->elapsed_time(*e[i + 1]);
+    const auto& e = cuda_->events;
+    if (cuda_->used > 0) e[cuda_->used - 1].synchronize();
+    for (size_t k = 0; k + 1 < cuda_->used; ++k) {
+      const size_t phase = k % (kNumPhases + 1);  // kNumPhases: from a step's end to the next start
+      if (phase < kNumPhases) ms[phase] += e[k].elapsed_time(e[k + 1]);
     }
     cuda_->used = 0;
     return ms;

@@ -1,6 +1,6 @@
 // The training loop of samout_ddp: steps (step.cpp), reports (train/metrics.h), evaluation
-// (evaluate.cpp), checkpoints and preemption; and run_training, which agrees on set-up errors
-// across ranks before any collective (see trainer_impl.h).
+// (evaluate.cpp), checkpoints and preemption; and run_training, which agrees on set-up errors across ranks before
+// any collective (see trainer_impl.h).
 #include "samout/train/trainer.h"
 
 #include <glog/logging.h>
@@ -10,7 +10,6 @@
 
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
-#include "samout/common/file_checks.h"
 #include "samout/common/strings.h"
 #include "samout/dist/agree.h"
 #include "samout/dist/checks.h"
@@ -28,21 +27,16 @@ namespace samout::train {
 
 namespace {
 
-// Peak memory the caching allocator has handed out on this rank's GPU, in MB.
-double peak_device_mb() {
+// Peak memory in MB: what the caching allocator has handed out on this rank's GPU, else the
+// process's peak resident memory.
+double peak_mem_mb(bool on_gpu) {
 #ifdef SAMOUT_HAVE_CUDA
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
-  return static_cast<double>(
-             stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
-                 .peak) /
-         (1 << 20);
-#else
-  return 0.0;
+  if (on_gpu) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1 << 20);
+  }
 #endif
-}
-
-// Peak resident memory of this process (the CPU's counterpart of peak_device_mb), in MB.
-double peak_rss_mb() {
   struct rusage u {};
   ::getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux reports kilobytes
@@ -56,7 +50,6 @@ void Trainer::train() {
   loss_acc_ = torch::zeros({2}, on_dev.dtype(torch::kDouble));
   bad_ = torch::zeros({3}, on_dev.dtype(torch::kFloat32));
   timer_ = std::make_unique<StepTimer>(ctx_.device);
-  skipped_reported_ = bad_steps_total_;
   const auto start = Clock::now();
   window_start_ = start;
 
@@ -74,17 +67,16 @@ void Trainer::train() {
       evaluate(step + 1);
     if (agreed_preemption()) {
       const int sig = preemption_signal();
+      const std::string when =
+          "signal " + std::to_string(sig) + " at step " + std::to_string(step + 1);
       if (!writer_)  // 75 would make a scheduler requeue a job that restarts from step 0, forever
-        throw RunStopped{128 + sig, "stopped by signal " + std::to_string(sig) + " at step " +
-                                        std::to_string(step + 1) +
+        throw RunStopped{128 + sig, "stopped by " + when +
                                         " with no --ckpt_dir: nothing saved, so not asking to be "
                                         "resumed (exit " +
                                         std::to_string(128 + sig) + ")"};
       save_checkpoint(step + 1, /*async=*/false);
       finish_checkpoints();
-      throw RunStopped{kExitTempFail, "preempted by signal " + std::to_string(sig) + " at step " +
-                                          std::to_string(step + 1) +
-                                          ": checkpoint saved, resume me"};
+      throw RunStopped{kExitTempFail, "preempted by " + when + ": checkpoint saved, resume me"};
     }
     if (!last && cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0)
       save_checkpoint(step + 1, cfg_.ckpt_async);
@@ -98,7 +90,7 @@ void Trainer::train() {
   fin.add("skipped_steps", bad_steps_total_);
   fin.add("wall_s", wall).add("mean_tokens_per_s", tokens_done_ / std::max(wall, 1e-9));
   fin.add(ctx_.device.is_cuda() ? "peak_mem_mb" : "peak_rss_mb",
-          ctx_.device.is_cuda() ? peak_device_mb() : peak_rss_mb());
+          peak_mem_mb(ctx_.device.is_cuda()));
   metrics_->write(fin);
   LOG_IF(INFO, ctx_.is_root()) << "done: " << cfg_.steps << " steps, " << tokens_done_
                                << " tokens in " << format_duration(wall) << ", mean "
@@ -110,8 +102,7 @@ void Trainer::train() {
   }
 }
 
-// The figures of the steps since the last report, as one StepStats: the log line and the metrics
-// line.
+// The figures of the steps since the last report: one StepStats, for the log and metrics lines.
 void Trainer::report(int64_t step) {
   auto totals = sum_over_ranks(loss_acc_);  // syncs the device: the timings below are real
   const auto phase_ms = timer_->take();
@@ -135,7 +126,7 @@ void Trainer::report(int64_t step) {
   st.mfu = mfu(st.tokens_per_s / ctx_.world, static_cast<double>(cfg_.model.num_parameters()),
                peak_tflops_);
   st.on_gpu = ctx_.device.is_cuda();
-  st.peak_mem_mb = st.on_gpu ? peak_device_mb() : peak_rss_mb();
+  st.peak_mem_mb = peak_mem_mb(st.on_gpu);
   st.tokens = tokens_done_;
   st.eta_s = (cfg_.steps - step - 1) * elapsed * per;
   metrics_->write(metrics_line(st));
@@ -146,25 +137,33 @@ void Trainer::report(int64_t step) {
   window_start_ = Clock::now();
 }
 
-// Copies what this rank must save into host memory; the rest of the save can run in the
-// background while training goes on. The host buffers are allocated once and reused, so a save
-// stalls training for three memcpys, not for faulting in a quarter gigabyte of fresh pages.
-// (The caller has waited for the previous save, which was reading these buffers.)
+// A small tensor's sum over ranks, returned on the host (the collective runs on the device the
+// communicator serves). Works on a copy: the argument is left as it was.
+torch::Tensor Trainer::sum_over_ranks(const torch::Tensor& t) {
+  auto dev = t.to(ctx_.device, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  comm_->allreduce_sum(dev);
+  return dev.cpu();
+}
+
+// Copies what this rank must save into host memory; the rest of the save may run in the background.
+// The host buffers are reused (the caller has waited for the save reading them), so a save stalls
+// training for three memcpys, not for faulting in a quarter gigabyte of fresh pages.
 ckpt::Snapshot Trainer::snapshot(int64_t steps_done) {
   torch::NoGradGuard no_grad;
   ckpt::Snapshot s;
   s.state.step = steps_done;
   s.state.cursor = loader_->cursor();
   s.debug_kill_midway = steps_done == cfg_.debug_kill_in_save && ctx_.rank == ctx_.world - 1;
-  const auto flat = reducer_->flat_params();
+  const auto to_host = [](torch::Tensor& buffer, const torch::Tensor& t) {
+    if (!buffer.defined()) buffer = torch::empty({t.numel()}, torch::kFloat32);
+    return buffer.copy_(t);
+  };
   if (ctx_.is_root()) {
     s.state.run = run_shape();
     s.tokenizer = loader_->tokenizer_model();
     auto rng = at::detail::getDefaultCPUGenerator().get_state();
     s.state.rng_cpu.assign(reinterpret_cast<const char*>(rng.data_ptr<uint8_t>()), rng.numel());
-    if (!host_params_.defined()) host_params_ = torch::empty({flat.numel()}, torch::kFloat32);
-    host_params_.copy_(flat);
-    s.flat_weights = host_params_;
+    s.flat_weights = to_host(host_params_, reducer_->flat_params());
     // Each parameter is a view into the flat buffer: its host copy is the same view of the copy.
     for (const auto& p : model_->named_parameters())
       s.weights.emplace_back(p.key(),
@@ -176,14 +175,8 @@ ckpt::Snapshot Trainer::snapshot(int64_t steps_done) {
     s.opt_begin = reducer_->shard_begin();
     s.opt_end = reducer_->shard_end();
     s.opt_steps = optimizer_->steps_taken();
-    if (!host_m_.defined()) {
-      host_m_ = torch::empty({s.opt_end - s.opt_begin}, torch::kFloat32);
-      host_v_ = torch::empty({s.opt_end - s.opt_begin}, torch::kFloat32);
-    }
-    host_m_.copy_(optimizer_->exp_avg());
-    host_v_.copy_(optimizer_->exp_avg_sq());
-    s.exp_avg = host_m_;
-    s.exp_avg_sq = host_v_;
+    s.exp_avg = to_host(host_m_, optimizer_->exp_avg());
+    s.exp_avg_sq = to_host(host_v_, optimizer_->exp_avg_sq());
   }
   return s;
 }
@@ -201,7 +194,7 @@ void Trainer::save_checkpoint(int64_t steps_done, bool async) {
 
 // Ranks agree on a preemption request at step boundaries (the signal may reach them apart).
 bool Trainer::agreed_preemption() {
-  const int mine = preemption_requested() ? 1 : 0;
+  const int mine = preemption_signal() != 0 ? 1 : 0;
   return (ctx_.world > 1 ? dist::max_over_ranks(mine) : mine) != 0;
 }
 
@@ -212,9 +205,8 @@ void Trainer::finish_checkpoints() {
 
 int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
   Trainer trainer(std::move(cfg), ctx);
-  // Setup errors are the user's; agree across ranks before any collective so that a bad flag or
-  // file makes every rank exit 2 with one line, instead of leaving the healthy ranks waiting for the
-  // failed one.
+  // Setup errors are the user's: agreed on before any collective, so that every rank exits 2 with
+  // one line instead of the healthy ranks waiting for the failed one.
   std::string error;
   try {
     trainer.setup();

@@ -1,10 +1,9 @@
-// The trainer's state and its parts, one file each (private to src/train):
-//   setup.cpp      flags against the world and the corpus, the model, resume choice; then the
-//                  communicators, the gradient reducer and the optimizer (connect)
-//   step.cpp       one optimizer step: batch, micro-steps, gradient all-reduce, norm, skip, Adam
-//   evaluate.cpp   the validation loss
-//   trainer.cpp    the loop: steps, reports (train/metrics.h), checkpoints, preemption; and
-//                  run_training, which agrees on set-up errors across ranks
+// The trainer's state and its parts (private to src/train):
+//   setup.cpp    flags against the world and the corpus, the model, resume choice; then the
+//                communicators, the gradient reducer and the optimizer (connect)
+//   step.cpp     one optimizer step: batch, micro-steps, gradient all-reduce, norm, skip, Adam
+//   trainer.cpp  the loop: steps, reports (train/metrics.h), validation loss, checkpoints,
+//                preemption; and run_training, which agrees on set-up errors across ranks
 #pragma once
 
 #include <ATen/autocast_mode.h>
@@ -85,11 +84,9 @@ class Trainer {
   torch::Tensor token_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets) const;
   torch::Tensor count_targets(const torch::Tensor& targets) const;
 
-  // evaluate.cpp
+  // trainer.cpp
   void evaluate(int64_t step);
   torch::Tensor sum_over_ranks(const torch::Tensor& t);
-
-  // trainer.cpp
   void report(int64_t step);
   ckpt::Snapshot snapshot(int64_t steps_done);
   void save_checkpoint(int64_t steps_done, bool async);
@@ -98,7 +95,7 @@ class Trainer {
 
   TrainConfig cfg_;
   const dist::DistContext& ctx_;
-  int64_t local_rows_ = 0, micro_ = 0, accum_ = 1, eval_batches_ = 0, tokens_done_ = 0;
+  int64_t micro_ = 0, accum_ = 1, eval_batches_ = 0, tokens_done_ = 0;
   int64_t start_step_ = 0, last_saved_ = -1, bad_steps_total_ = 0;
   double peak_tflops_ = 0;                   // per device, for MFU; 0 = not reported
   std::string resume_path_;                  // rank 0's choice until connect() broadcasts it

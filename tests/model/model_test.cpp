@@ -31,6 +31,13 @@ ModelConfig make_config(int64_t V, int64_t d, int64_t L, int64_t h, int64_t pad 
   return cfg;
 }
 
+// The seed's loss: mean next-token cross entropy over (B, T), targets equal to pad ignored.
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t pad_id) {
+  namespace F = torch::nn::functional;
+  return F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+                          F::CrossEntropyFuncOptions().ignore_index(pad_id >= 0 ? pad_id : -100));
+}
+
 // Regenerate with: .venv/bin/python tests/python/make_goldens.py   (see that file's docstring)
 const char* kGolden = SAMOUT_GOLDEN_DIR "/parity_tiny.h5";
 

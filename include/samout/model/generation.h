@@ -1,8 +1,5 @@
-// Generation from prompts: prompts of different lengths prefilled into one batch, and the loop
-// that samples, streams the text and stops each sequence at eos or after max_tokens.
-//
-//   auto logits = prefill_batch(session, prompts);                        // (B, V)
-//   auto out = generate(session, sampler, prompts, logits, cfg, decode, on_text);
+// Generation from prompts: prompts of different lengths prefilled into one batch (prefill_batch),
+// and the loop that samples, streams the text and stops each sequence at eos or after max_tokens.
 #pragma once
 
 #include <torch/torch.h>

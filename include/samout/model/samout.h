@@ -1,9 +1,7 @@
 // SamOut in LibTorch: MaxStateSuper, FeedForward, DecoderLayer and SamOut, with SPEC.md's math,
-// parameter names (those of the seed's state_dict) and PyTorch's default initialisation.
-//
-// State: each layer's state is its running maximum at the last position, (B, d). Passing the states
-// returned by one call into the next continues the sequence exactly, so generation costs the same
-// for every token however long the context.
+// parameter names (the seed's state_dict's) and PyTorch's default initialisation. A layer's state
+// is its running maximum at the last position, (B, d): passing the states of one call into the
+// next continues the sequence exactly, so every generated token costs the same.
 #pragma once
 
 #include <torch/torch.h>
@@ -21,8 +19,7 @@ namespace samout::model {
 using ModelState = std::vector<torch::Tensor>;
 
 // Parameters under the seed's names, "weight" and "bias" (bias undefined when there is none), for
-// the ops to use. A torch::nn::Linear or LayerNorm in its place would hold the same tensors, but its
-// forward would never run: the layers call the fused ops (ops/) with them.
+// the fused ops (ops/): an nn::Linear or LayerNorm would hold the same tensors but never run.
 class ParamsImpl : public torch::nn::Module {
  public:
   ParamsImpl(torch::Tensor weight, torch::Tensor bias);
@@ -36,12 +33,10 @@ Params layer_norm_params(int64_t d);
 
 class MaxStateSuperImpl : public torch::nn::Module {
  public:
-  MaxStateSuperImpl(int64_t hidden, int64_t heads, ops::GateImpl gate);
+  MaxStateSuperImpl(int64_t hidden, ops::GateImpl gate);  // heads do not change the math
   // x: (B, T, d); state: (B, d) or undefined. Returns (out (B, T, d), new state (B, d)).
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
                                                   const torch::Tensor& state);
-  // (5,) view of alpha1..alpha5, the layout cummax_gate takes.
-  torch::Tensor alphas() const;
 
   Params combined{nullptr};  // d -> 3d, no bias: a | b | c
   torch::Tensor alpha1, alpha2, alpha3, alpha4, alpha5;
@@ -61,11 +56,9 @@ TORCH_MODULE(FeedForward);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(int64_t hidden, int64_t heads, ops::GateImpl gate);
-  // LayerNorm(alpha * FFN(MaxStateSuper(x)) + (1 - alpha) * x); returns the new state too.
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
-                                                  const torch::Tensor& state);
-  // forward's output plus x (SamOut's outer residual), added in the same pass as the LayerNorm.
+  DecoderLayerImpl(int64_t hidden, ops::GateImpl gate);
+  // The seed's layer, LayerNorm(alpha * FFN(MaxStateSuper(x)) + (1 - alpha) * x), plus x (SamOut's
+  // outer residual), added in the same pass as the LayerNorm. Returns the new state too.
   std::pair<torch::Tensor, torch::Tensor> forward_residual(const torch::Tensor& x,
                                                            const torch::Tensor& state);
 
@@ -73,10 +66,6 @@ class DecoderLayerImpl : public torch::nn::Module {
   FeedForward ffn{nullptr};
   Params layer_norm{nullptr};  // eps 1e-5, as torch.nn.LayerNorm's default
   torch::Tensor alpha;
-
- private:
-  std::pair<torch::Tensor, torch::Tensor> run(const torch::Tensor& x, const torch::Tensor& state,
-                                              bool add_residual);
 };
 TORCH_MODULE(DecoderLayer);
 
@@ -87,13 +76,14 @@ class SamOutImpl : public torch::nn::Module {
   // state: if non-null, read as the states carried in (empty = start of sequence) and replaced by
   // the states at the end of this piece.
   torch::Tensor forward(const torch::Tensor& tokens, ModelState* state = nullptr);
+  // forward without the head: the last layer's output (B, T, d).
+  torch::Tensor features(const torch::Tensor& tokens, ModelState* state = nullptr);
 
   // Validation of token ids costs a device-to-host sync; the trainer, whose loader already checked
   // every id against the vocabulary, turns it off.
   void set_check_tokens(bool on) { check_tokens_ = on; }
-  // Context parallelism: every forward without a carried state sees this rank's slice of each
-  // sequence, and the layers exchange running-maximum summaries within `group` (ops/context_parallel.h).
-  // nullptr: whole sequences.
+  // Context parallelism (ops/context_parallel.h; nullptr: off): every forward without a carried state
+  // sees this rank's slice of each sequence; the layers exchange running maxima within `group`.
   void set_context_parallel(std::shared_ptr<const ops::ContextGroup> group);
   const ModelConfig& config() const { return cfg_; }
 
@@ -107,8 +97,5 @@ class SamOutImpl : public torch::nn::Module {
   bool check_tokens_ = true;
 };
 TORCH_MODULE(SamOut);
-
-// Mean next-token cross entropy. logits (B, T, V), targets (B, T); targets equal to pad are ignored.
-torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t pad_id);
 
 }  // namespace samout::model

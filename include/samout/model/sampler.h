@@ -12,8 +12,8 @@ struct SamplingConfig {
   double temperature = 1.0;  // 0 = greedy (argmax); otherwise logits / temperature
   int64_t top_k = 0;         // keep the k largest logits; 0 = all
   double top_p = 1.0;        // keep the smallest set of most likely tokens with mass >= p; 1 = all
-  double repetition_penalty = 1.0;  // CTRL / Hugging Face: a seen token's logit is divided by it
-                                    // when positive, multiplied when negative; 1 = off
+  // CTRL / Hugging Face: a seen token's logit is divided by it when positive, else multiplied.
+  double repetition_penalty = 1.0;  // 1 = off
   // Throws UsageError naming the offending value.
   void validate() const;
 };

@@ -1,17 +1,7 @@
 // Session: generation with the model's state carried, so each generated token costs one T=1 pass
-// through the layers whatever the length of the context (SPEC.md, "State: constant cost per
-// generated token"). The context is never re-run.
-//
-//   Session s(model);
-//   auto logits = s.prefill(prompt);  // (B, T) ids -> (B, V): layers once, head on the last
-//   for (...) {                       // position only
-//     auto tok = sampler.sample(logits, seen);  // (B,)
-//     logits = s.step(tok);
-//   }
-//
-// On the CPU a step's products have a few rows and go to the GEMV (ops/linear.h). On CUDA, a
-// session can capture its step into a CUDA graph (one launch per token instead of one per op); the
-// graph reads the token from, and writes the logits and states to, fixed buffers.
+// through the layers however long the context (SPEC.md, "State"); the context is never re-run.
+// On CUDA a step can be captured into a CUDA graph (one launch per token instead of one per op)
+// that reads the token from, and writes the logits and states to, fixed buffers.
 #pragma once
 
 #include <torch/torch.h>
@@ -30,8 +20,6 @@ class Session {
   // use_cuda_graph: capture the step on the first call when the model is on CUDA (ignored on CPU).
   explicit Session(SamOut model, bool use_cuda_graph = false);
   ~Session();
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
 
   // tokens (B, T) int64 ids: the start of B sequences (any state held before is dropped). Runs the
   // layers once over all T positions and the head on the last one only. Returns logits (B, V).
@@ -45,7 +33,7 @@ class Session {
 
   const ModelState& state() const { return state_; }
   int64_t position() const { return position_; }  // tokens consumed since the last prefill
-  bool graph_captured() const;
+  bool graph_captured() const { return graph_ != nullptr; }
 
  private:
   // em -> layers (state carried in and replaced) -> head on the last position. tokens (B, T).

@@ -21,6 +21,7 @@ class TextStreamer {
   std::string finish();      // whatever is held back (an incomplete character), as decoded
 
  private:
+  std::string unprinted(const std::string& text);  // text past printed_; marks it printed
   Decode decode_;
   std::vector<int> cache_;
   size_t printed_ = 0;  // bytes of decode(cache_) already returned

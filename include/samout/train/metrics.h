@@ -4,19 +4,20 @@
 
 #include <nlohmann/json.hpp>
 
-#include <cstdio>
+#include <fstream>
 #include <string>
 
 namespace samout::train {
 
 // One JSON object, fields in the order added (nlohmann's ordered_json). Non-finite numbers are
-// written as null, which Python's json reads back as None.
+// written as null (nlohmann's dump), which Python's json reads back as None.
 class JsonLine {
  public:
-  JsonLine& add(const std::string& key, double v);
-  JsonLine& add(const std::string& key, int64_t v);
-  JsonLine& add(const std::string& key, const std::string& v);
-  JsonLine& add(const std::string& key, bool v);
+  template <class T>
+  JsonLine& add(const std::string& key, const T& v) {
+    j_[key] = v;
+    return *this;
+  }
   std::string str() const;
 
  private:
@@ -48,13 +49,10 @@ class MetricsFile {
  public:
   // Opens `path` for appending (a resumed run continues the file); "" = no file.
   explicit MetricsFile(const std::string& path);
-  ~MetricsFile();
-  MetricsFile(const MetricsFile&) = delete;
-  MetricsFile& operator=(const MetricsFile&) = delete;
   void write(const JsonLine& line);  // one line, flushed
 
  private:
-  std::FILE* f_ = nullptr;
+  std::ofstream f_;
 };
 
 }  // namespace samout::train

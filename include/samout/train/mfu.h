@@ -6,12 +6,12 @@
 
 namespace samout::train {
 
-// What the matrix products run in: bf16 autocast, fp32 on TF32 tensor cores, or plain fp32.
-enum class MathMode { kBf16, kTf32, kFp32 };
+// What the matrix products run in: bf16 autocast, fp32 on TF32 tensor cores, or plain fp32. The
+// values index mfu.cpp's table of peaks.
+enum class MathMode { kBf16 = 0, kTf32 = 1, kFp32 = 2 };
 
-// Dense peak TFLOP/s of the card named `device_name` (as cudaGetDeviceProperties reports it, e.g.
-// "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB"), or 0 for a
-// card not in the table (the caller then needs --peak_tflops).
+// Dense peak TFLOP/s of the card named `device_name` as cudaGetDeviceProperties reports it ("NVIDIA
+// H100 80GB HBM3", "NVIDIA H200", ...); 0 for a card not in the table (then --peak_tflops is needed).
 double peak_tflops(const std::string& device_name, MathMode mode);
 
 // Fraction of `peak_tflops` reached by `tokens_per_s_per_device` on a model of `num_parameters`.

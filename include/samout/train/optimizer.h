@@ -1,9 +1,7 @@
-// Adam and AdamW over the flat parameter and gradient buffers (dist/grad_reducer.h), in one fused
-// pass (ATen's _fused_adam_ / _fused_adamw_, on the CPU and on CUDA): each element's parameter,
-// gradient and two moments are read and written once per step, where a per-tensor optimizer walks
-// the model's ~100 tensors with ~10 ATen ops each. The math is torch.optim.Adam / AdamW's.
-//
-// The state covers a range [begin, end) of the flat buffer, which is what ZeRO-1 will shard.
+// Adam and AdamW over the flat parameter and gradient buffers (dist/grad_reducer.h) in one fused
+// pass (ATen's _fused_adam_ / _fused_adamw_, CPU and CUDA), where a per-tensor optimizer walks the
+// model's ~100 tensors with ~10 ATen ops each. The math is torch.optim.Adam / AdamW's. The state
+// covers a range [begin, end) of the flat buffer: ZeRO-1's shard.
 #pragma once
 
 #include <torch/torch.h>

@@ -7,7 +7,6 @@
 namespace samout::train {
 
 void install_preemption_handlers();
-bool preemption_requested();
 int preemption_signal();  // the signal that asked, 0 if none
 
 }  // namespace samout::train

@@ -1,10 +1,8 @@
-// The data-parallel training loop of samout_ddp.
-//
-// Each rank holds the whole model, trains on its slice of every global batch (G / W sequences, in
-// micro-batches with gradient accumulation), and the gradients are summed across ranks in buckets
-// that overlap backward (dist/grad_reducer.h). The loss of a micro-batch is scaled by 1 / (G*T), so
-// the sum over ranks and micro-steps is exactly the gradient of the global batch's mean loss, at
-// every world size.
+// The data-parallel training loop of samout_ddp. Each rank holds the whole model and trains on its
+// G / W sequences of every global batch (micro-batches with gradient accumulation); gradients are
+// summed across ranks in buckets that overlap backward (dist/grad_reducer.h). A micro-batch's loss
+// is scaled by 1 / (G*T), so the sum over ranks and micro-steps is exactly the gradient of the
+// global batch's mean loss at every world size.
 #pragma once
 
 #include "samout/dist/context.h"
