@@ -1,36 +1,33 @@
-// cummax_gate's schemas, input checks, Meta kernels and the C++ entry the model calls. The kernels
-// live in cummax_gate_cpu.cpp and cummax_gate.cu, the autograd function in cummax_gate_autograd.cpp,
-// the reference in cummax_gate_composite.cpp.
+// cummax_gate's schemas, input checks, Meta kernels, CUDA stubs and the C++ entry the model calls.
 #include "samout/ops/cummax_gate.h"
 
 #include <torch/library.h>
 
+#include <utility>
+
 #include "samout/common/error.h"
+#include "samout/ops/context_parallel.h"
 #include "samout/ops/dispatch.h"
 
 namespace samout::ops {
 
+constexpr std::pair<GateImpl, const char*> kGateImplNames[] = {
+    {GateImpl::kAuto, "auto"}, {GateImpl::kFused, "fused"}, {GateImpl::kComposite, "composite"}};
+
 GateImpl parse_gate_impl(const std::string& name) {
-  if (name == "auto") return GateImpl::kAuto;
-  if (name == "fused") return GateImpl::kFused;
-  if (name == "composite") return GateImpl::kComposite;
+  for (const auto& [impl, impl_name] : kGateImplNames)
+    if (name == impl_name) return impl;
   throw UsageError("unknown gate implementation '" + name +
                    "' (expected auto, fused or composite)");
 }
 
 std::string to_string(GateImpl impl) {
-  switch (impl) {
-    case GateImpl::kAuto:
-      return "auto";
-    case GateImpl::kFused:
-      return "fused";
-    case GateImpl::kComposite:
-      return "composite";
-  }
+  for (const auto& [known, impl_name] : kGateImplNames)
+    if (impl == known) return impl_name;
   return "?";
 }
 
-#ifndef SAMOUT_HAVE_CUDA
+#ifndef SAMOUT_HAVE_CUDA  // stubs for the CUDA kernels' entries (cummax_gate.cu)
 bool cuda_kernels_compiled() { return false; }
 int64_t cummax_gate_cuda_chunks(const torch::Tensor&) {
   TORCH_CHECK(false, "cummax_gate: this build has no CUDA kernels");
@@ -43,6 +40,13 @@ torch::Tensor cummax_gate_forward_cuda(const torch::Tensor&, const torch::Tensor
 void cummax_gate_backward_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                const torch::Tensor&, torch::Tensor&, torch::Tensor&) {
   TORCH_CHECK(false, "cummax_gate: this build has no CUDA kernels");
+}
+void slice_carries_cuda(const torch::Tensor&, torch::Tensor&) {
+  TORCH_CHECK(false, "slice_carries: this build has no CUDA kernels");
+}
+void slice_gradient_sums_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                              torch::Tensor&) {
+  TORCH_CHECK(false, "slice_gradient_sums: this build has no CUDA kernels");
 }
 #endif
 

@@ -1,21 +1,15 @@
-// The fused cummax_gate kernels for CUDA: a chunked scan over time, bandwidth-bound.
-//
-// What each thread computes lives in include/samout/ops/cummax_scan_cuda.cuh (host-and-device, run
-// on the CPU by tests/ops/cummax_gate_cuda_emulation_test.cpp over an emulated grid); this file maps
-// blocks and threads onto it, sizes the grid, and launches. The algorithm, in short (details there):
-//   forward:  summary_kernel   chunk maxima M_k                        (skipped when K = 1)
-//             output_kernel    carries C_k from the M, then out; saves C_k (B, K, d) for the backward
-//   backward: chunk_kernel     one pass per chunk from C_k, recomputing m from c: dL/dy, the chunk's
-//                              records (G_k, e_k, D_k), per-block partial sums of the alpha grads
-//             finish_kernel    the reverse segmented sum over chunks (R_k) per channel, rewriting
-//                              dc at each chunk's end owner; one extra block adds the alpha partials
-// Each thread owns VEC channels (16-byte loads and stores when every row is 16-byte aligned, else 1)
-// of one (batch row, time chunk). The grid covers channel tiles x batch x chunks, with enough chunks
-// that one wave about fills every SM (gate_cuda::plan_chunks, from the kernels' occupancy).
-//
-// Deterministic and free of host synchronisation: every sum runs in a fixed order (per thread in
-// time order; per block a shuffle tree, then warps in order; over blocks in block order), no float
-// atomics, and no tensor is built from host data.
+// The fused cummax_gate CUDA kernels: a chunked scan over time, bandwidth-bound. Each thread's work
+// is in samout/ops/cummax_scan_cuda.cuh (also run on the CPU by cummax_gate_cuda_emulation_test);
+// this file maps blocks and threads onto it and launches:
+//   forward:  summary_kernel (chunk maxima M_k; skipped when K = 1), then output_kernel (carries
+//             C_k from the M, then out; saves C_k (B, K, d) for the backward)
+//   backward: chunk_kernel (per chunk from C_k, recomputing m: dL/dy, the chunk's records,
+//             per-block alpha partials), then finish_kernel (reverse segmented sum R_k over
+//             chunks, rewriting dc at each chunk's end owner; one extra block adds the alphas)
+// A thread owns VEC channels (16-byte accesses when every row is 16-byte aligned, else 1) of one
+// (batch row, chunk); enough chunks that one wave about fills every SM (gate_cuda::plan_chunks).
+// Deterministic, no host synchronisation: fixed-order sums (time order per thread, shuffle tree
+// then warps in order per block, blocks in order), no float atomics, no tensors from host data.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -64,8 +58,8 @@ __global__ void __launch_bounds__(kThreads)
                                           last_m);
 }
 
-// The block's sums of the four alpha terms into partials[blockIdx.x] (4 values), in a fixed order:
-// a shuffle tree within each warp, then the warps in order. Every thread of the block must call it.
+// The block's four alpha sums into partials[blockIdx.x]: a shuffle tree per warp, then the warps in
+// order. Every thread of the block must call it.
 template <typename acc_t>
 __device__ __forceinline__ void block_partials(AlphaSums<acc_t> s, acc_t* __restrict__ partials) {
 #pragma unroll
@@ -105,10 +99,8 @@ __global__ void __launch_bounds__(kThreads)
   block_partials(s, partials);
 }
 
-// Blocks [0, carry_blocks): one thread per (batch row, channel), the carries across chunks (only
-// when K > 1). The last block: thread i adds the partials of blocks i, i + kThreads, ... in order,
-// then a shared-memory tree adds the threads' sums; it writes dL/dalphas (zeros when there are no
-// partials).
+// Blocks [0, carry_blocks): the carries across chunks, a thread per (batch row, channel). The last
+// block writes dL/dalphas (zeros without partials): strided partial sums per thread, then a tree.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     finish_kernel(int64_t B, int64_t T, int64_t d, int64_t K, const acc_t* __restrict__ carried,
@@ -152,8 +144,8 @@ unsigned int grid_size(int64_t blocks) {
   return static_cast<unsigned int>(blocks);
 }
 
-// Threads the current GPU holds at once for the output and chunk kernels (the smaller of the two:
-// the forward's chunks are also the backward's). Occupancy is a property of the kernel, asked once.
+// Threads the current GPU holds at once for the output and chunk kernels (the smaller: the
+// forward's chunks are also the backward's). Occupancy is asked once per kernel.
 template <typename scalar_t, int VEC>
 int64_t resident_threads() {
   static const int blocks_per_sm = [] {
@@ -169,7 +161,7 @@ int64_t resident_threads() {
 }
 
 template <typename scalar_t>
-const scalar_t* ptr_or_null(const torch::Tensor& t) {
+scalar_t* ptr_or_null(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
 }
 
@@ -191,8 +183,8 @@ torch::Tensor forward_impl(const torch::Tensor& y, const torch::Tensor& alphas,
                            const torch::Tensor& state, torch::Tensor& out, torch::Tensor& last_m,
                            int64_t chunks) {
   const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  // Saving carries for a backward: the caller's chunking (the saved tensor's shape is decided
-  // before the kernel runs, by the op's caller); inference: the chunking that fills this GPU.
+  // With a backward to come, the caller's chunking (it shaped the saved tensor); else one that
+  // fills this GPU.
   const gate_cuda::Launch launch =
       chunks > 0 ? gate_cuda::backward_launch<VEC>(B, T, d, chunks)
                  : gate_cuda::forward_launch<VEC>(B, T, d, resident_threads<scalar_t, VEC>());
@@ -212,8 +204,7 @@ torch::Tensor forward_impl(const torch::Tensor& y, const torch::Tensor& alphas,
   if (chunks > 0) chunk_carry = torch::empty({B, plan.K, d}, y.options());
   output_kernel<scalar_t, VEC><<<grid_size(gm.blocks), kThreads, 0, stream>>>(
       g, gm, ptr_or_null<scalar_t>(state), ptr_or_null<scalar_t>(summaries),
-      out.data_ptr<scalar_t>(), chunk_carry.defined() ? chunk_carry.data_ptr<scalar_t>() : nullptr,
-      last_m.data_ptr<scalar_t>());
+      out.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(chunk_carry), last_m.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return chunk_carry;
 }
@@ -309,8 +300,8 @@ int64_t cummax_gate_cuda_chunks(const torch::Tensor& y) {
   check_sizes(y);
   int64_t K = 1;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_cuda_chunks", [&] {
-    // The forward's vector width from y's layout; its storage offset stands for the pointer (the
-    // caching allocator aligns every block), so a fake tensor gives the same answer.
+    // The storage offset stands for y's pointer (the caching allocator aligns every block), so a
+    // fake tensor gives the same answer.
     constexpr int V = gate_cuda::kVecWidth<scalar_t>;
     const auto* offset = reinterpret_cast<const void*>(y.storage_offset() * y.element_size());
     K = gate_cuda::can_vectorize<scalar_t>(d, y.stride(0), y.stride(1), {offset})

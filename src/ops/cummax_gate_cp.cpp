@@ -1,7 +1,6 @@
-// cummax_gate across the slices of a context-parallel group (context_parallel.h). The local work
-// is the fused op with the carry as its state; the scan over slices is cummax_scan.h's phase 2 (the
-// same functions the kernels use over time chunks), and the per-position masks below are its
-// element rules lifted to tensors.
+// cummax_gate across a context-parallel group (context_parallel.h): the fused op with the carry as
+// its state; the scan over slices is cummax_scan.h's phase 2, and the masks below are its element
+// rules lifted to tensors.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -10,16 +9,6 @@
 #include "samout/ops/cummax_scan.h"
 
 namespace samout::ops {
-
-#ifndef SAMOUT_HAVE_CUDA
-void slice_carries_cuda(const torch::Tensor&, torch::Tensor&) {
-  TORCH_CHECK(false, "slice_carries: this build has no CUDA kernels");
-}
-void slice_gradient_sums_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                              torch::Tensor&) {
-  TORCH_CHECK(false, "slice_gradient_sums: this build has no CUDA kernels");
-}
-#endif
 
 namespace {
 
@@ -159,8 +148,8 @@ class ContextParallelGate : public torch::autograd::Function<ContextParallelGate
     const auto acc_t = acc_type(y);
     auto a = y.narrow(2, 0, d), b = y.narrow(2, d, d), c = y.narrow(2, 2 * d, d);
     const auto al = alphas.to(acc_t);
-    // dL/dm at each position, and this slice's carry-owned prefix (its own running maximum has not
-    // reached the carry yet): the prefix's sum G_i goes to the owner of the carry.
+    // dL/dm, and this slice's carry-owned prefix (own running maximum below the carry), whose sum
+    // G_i goes to the carry's owner.
     auto gm = grad_out.to(acc_t) * ((a + b + c).to(acc_t) + al[1] + al[4]);
     auto own_max = std::get<0>(torch::cummax(c, /*dim=*/1));
     auto prefix = wholly_carried(own_max, state.unsqueeze(1));
@@ -169,8 +158,8 @@ class ContextParallelGate : public torch::autograd::Function<ContextParallelGate
     // R_{i+1}: from the last slice back to i+1, R_k = G_k + (slice k wholly carried ? R_{k+1} : 0).
     const auto Rs = slice_gradient_sums(G.contiguous(), maxima.to(acc_t).contiguous(),
                                         carry.to(acc_t).contiguous());
-    // Released at the position that owns this slice's last running maximum, unless this slice is
-    // wholly carried itself (then R went on to an earlier slice, through G_i).
+    // Released at the owner of this slice's last running maximum, unless the slice is wholly
+    // carried (then R went on to an earlier slice, through G_i).
     const auto keep = wholly_carried(maxima[i], carry[i]).logical_not();
     if (i + 1 < N) {
       auto m = take_max(state.unsqueeze(1), own_max);  // the running maximum with the carry

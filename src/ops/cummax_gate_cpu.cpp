@@ -1,21 +1,13 @@
-// The fused cummax_gate kernels for the CPU, on the chunked scan of samout/ops/cummax_scan.h.
-//
-// Work is split by batch row b, tile of up to kTile contiguous channels, and time chunk of kChunk
-// steps (the last one shorter). Inside a task the time loop is outermost and the channel loop
-// innermost, so each step reads whole contiguous runs of y (a, b and c of the tile) and the
-// compiler vectorises the channel loop; the tile's running maxima (or accumulators) live in small
-// local arrays.
-//
-// Two schedules, chosen by the thread count, compute the same bits:
-//   serial over time  one task per (b, tile) walks its chunks in order (forward) or in reverse
-//                     (backward); used when there are enough (b, tile) pairs for the threads.
-//   time-parallel     SCAN.md's three phases, each an at::parallel_for: summaries per chunk, the
-//                     short scans over chunks per (b, tile), then each chunk; used when B is small
-//                     and T long (long-context generation, context-parallel slices, small batches).
-// The chunk length and the tiles depend on the shape only, and the backward's arithmetic is that of
-// the chunked scan in both schedules (the serial walk keeps, beside its running accumulator, the
-// chunk's own carry-owned sum G_k), so outputs and gradients are bitwise the same at any thread
-// count. The alpha gradients are summed per (b, tile, chunk) task and reduced in task order.
+// The fused cummax_gate CPU kernels, on the chunked scan of samout/ops/cummax_scan.h.
+// Tasks are (batch row, tile of <= kTile channels, chunk of kChunk steps); time is the outer loop,
+// so the inner channel loop reads contiguous a, b, c and vectorises, its state in local arrays.
+// Two schedules, chosen by thread count, compute the same bits:
+//   serial over time  one task per (b, tile) walks its chunks in order (forward) or reverse
+//                     (backward), when there are enough (b, tile) pairs for the threads;
+//   time-parallel     SCAN.md's three phases, each an at::parallel_for (small B, long T).
+// Chunk length and tiles depend on the shape only, and both schedules do the chunked scan's
+// arithmetic (the serial walk also keeps each chunk's own G_k), so results are bitwise the same at
+// any thread count. The alpha gradients are summed per task and reduced in task order.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -37,8 +29,8 @@ namespace {
 constexpr int64_t kTile = 512;   // channels per task: a whole row of y's thirds at d = 512 (2 KB)
 constexpr int64_t kChunk = 256;  // time steps per chunk: the unit of the scan's arithmetic
 
-// How a (B, T, d) problem is cut into tasks. W, L and K depend on the shape alone (they decide the
-// rounding of the backward's sums); time_parallel only decides the schedule.
+// How (B, T, d) is cut into tasks. W, L and K depend on the shape alone (they fix the backward's
+// rounding); time_parallel only picks the schedule.
 struct Plan {
   int64_t B, T, d;
   int64_t W;       // channels per tile (the last tile may be narrower)
@@ -82,10 +74,7 @@ class Kernels {
     a25_ = acc_t(al[1]) + acc_t(al[4]);
   }
 
-  // ---- Forward --------------------------------------------------------------------------------
-  // out, m_saved: (B, T, d) contiguous (m_saved may be null); state, last_m: (B, d) (state may be
-  // null: -inf).
-
+  // out, m_saved: (B, T, d) contiguous (m_saved may be null); state (null: -inf), last_m: (B, d).
   void forward(const scalar_t* state, scalar_t* out, scalar_t* m_saved, scalar_t* last_m) const {
     const Plan& p = p_;
     const int64_t d = p.d;
@@ -130,10 +119,7 @@ class Kernels {
     });
   }
 
-  // ---- Backward -------------------------------------------------------------------------------
-  // grad_out, m_saved: (B, T, d) contiguous; grad_y: (B, T, 3d) contiguous. Writes dL/dalphas'
-  // four distinct sums into sums[0..4): g*b, g*m, g*a, g*c.
-
+  // grad_out, m_saved: (B, T, d), grad_y: (B, T, 3d), contiguous. sums: g*b, g*m, g*a, g*c.
   void backward(const scalar_t* grad_out, const scalar_t* m_saved, scalar_t* grad_y,
                 std::array<double, 4>& sums) const {
     const Plan& p = p_;
@@ -218,8 +204,7 @@ class Kernels {
     return state ? acc_t(state[b * p_.d + j]) : scan::neg_inf<acc_t>();
   }
 
-  // dL/dm at one position: m multiplies (a + b + c + alpha2 + alpha5). One expression, used by
-  // every pass that sums it, so that all of them round alike.
+  // dL/dm at one position; every pass that sums it uses this one expression, so all round alike.
   acc_t gm_of(acc_t g, acc_t av, acc_t bv, acc_t cv) const { return g * (av + bv + cv + a25_); }
 
   // Rows [t0, t1) of batch row b, channels [j0, j0 + w), from the running maxima m[0..w).
@@ -251,8 +236,8 @@ class Kernels {
     }
   }
 
-  // Phase 1 of the backward: the reverse pass without its writes. Leaves G_k in acc0 (which must
-  // start at 0) and sets owned[j] when some row owns its maximum (then the chunk is not full).
+  // Backward phase 1: the reverse pass without writes. Leaves G_k in acc0 (starting at 0); sets
+  // owned[j] when some row owns its maximum (the chunk is not full).
   void carry_prefix_rows(const Streams& s, int64_t b, int64_t j0, int64_t w, int64_t t0, int64_t t1,
                          acc_t* acc0, bool* owned) const {
     const int64_t d = p_.d;
@@ -270,8 +255,8 @@ class Kernels {
     }
   }
 
-  // The reverse pass over rows [t1 - 1, t0] from acc[0..w): writes dL/dy there. With kTrackG it
-  // also runs phase 1's accumulator (acc0, owned) beside it. Returns the chunk's alpha sums.
+  // The reverse pass over rows [t1 - 1, t0] from acc[0..w), writing dL/dy; with kTrackG also phase
+  // 1's accumulator (acc0, owned). Returns the chunk's alpha sums.
   template <bool kTrackG>
   std::array<double, 4> backward_rows(const Streams& s, int64_t b, int64_t j0, int64_t w,
                                       int64_t t0, int64_t t1, acc_t* acc, acc_t* acc0,
@@ -325,42 +310,8 @@ class Kernels {
   acc_t a1_, a3_, a4_, a25_;
 };
 
-}  // namespace
-
-void cummax_gate_forward_cpu(const torch::Tensor& y, const torch::Tensor& alphas,
-                             const torch::Tensor& state, torch::Tensor& out, torch::Tensor& m_saved,
-                             torch::Tensor& last_m) {
-  const Plan plan = make_plan(y.size(0), y.size(1), y.size(2) / 3);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_forward_cpu", [&] {
-    Kernels<scalar_t>(plan, y, alphas)
-        .forward(state.defined() ? state.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-                 m_saved.defined() ? m_saved.data_ptr<scalar_t>() : nullptr,
-                 last_m.data_ptr<scalar_t>());
-  });
-}
-
-void cummax_gate_backward_cpu(const torch::Tensor& grad_out, const torch::Tensor& y,
-                              const torch::Tensor& alphas, const torch::Tensor& m_saved,
-                              torch::Tensor& grad_y, torch::Tensor& grad_alphas) {
-  const Plan plan = make_plan(y.size(0), y.size(1), y.size(2) / 3);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "cummax_gate_backward_cpu", [&] {
-    std::array<double, 4> tot;
-    Kernels<scalar_t>(plan, y, alphas)
-        .backward(grad_out.data_ptr<scalar_t>(), m_saved.data_ptr<scalar_t>(),
-                  grad_y.data_ptr<scalar_t>(), tot);
-    // d/dalpha1 = sum g*b, d/dalpha2 = d/dalpha5 = sum g*m, d/dalpha3 = sum g*a, d/dalpha4 = sum g*c.
-    auto ga = grad_alphas.accessor<scalar_t, 1>();
-    ga[0] = scalar_t(tot[0]);
-    ga[1] = scalar_t(tot[1]);
-    ga[2] = scalar_t(tot[2]);
-    ga[3] = scalar_t(tot[3]);
-    ga[4] = scalar_t(tot[1]);
-  });
-}
-
-namespace {
-
-// The registered forward and backward ops' CPU kernels.
+// The registered forward and backward ops' CPU kernels. The forward saves m (B, T, d) for the
+// backward, or nothing when chunks = 0.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward_kernel(
     const torch::Tensor& y, const torch::Tensor& alphas, const std::optional<torch::Tensor>& state,
     int64_t chunks) {
@@ -368,8 +319,13 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> forward_kernel(
   TORCH_CHECK(chunks == 0 || chunks == c.T, "cummax_gate_forward (CPU): the running max is saved ",
               "at every position, so chunks must be 0 or T = ", c.T, ", got ", chunks);
   auto saved = torch::empty({c.B, chunks, c.d}, c.y.options());
-  torch::Tensor m_saved = chunks > 0 ? saved : torch::Tensor();
-  cummax_gate_forward_cpu(c.y, c.alphas, c.state, c.out, m_saved, c.last_m);
+  const Plan plan = make_plan(c.B, c.T, c.d);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, c.y.scalar_type(), "cummax_gate_forward_cpu", [&] {
+    Kernels<scalar_t>(plan, c.y, c.alphas)
+        .forward(c.state.defined() ? c.state.data_ptr<scalar_t>() : nullptr,
+                 c.out.data_ptr<scalar_t>(), chunks > 0 ? saved.data_ptr<scalar_t>() : nullptr,
+                 c.last_m.data_ptr<scalar_t>());
+  });
   return {c.out, c.last_m, saved};
 }
 
@@ -380,7 +336,21 @@ std::tuple<torch::Tensor, torch::Tensor> backward_kernel(const torch::Tensor& gr
   GateCall c = gate_backward_call(grad_out, y, alphas);
   TORCH_CHECK(saved.sizes() == c.grad_out.sizes(), "cummax_gate_backward (CPU): the forward's ",
               "running max must be (B, T, d) = ", c.grad_out.sizes(), ", got ", saved.sizes());
-  cummax_gate_backward_cpu(c.grad_out, c.y, c.alphas, saved.contiguous(), c.grad_y, c.grad_alphas);
+  const torch::Tensor m_saved = saved.contiguous();
+  const Plan plan = make_plan(c.B, c.T, c.d);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, c.y.scalar_type(), "cummax_gate_backward_cpu", [&] {
+    std::array<double, 4> tot;
+    Kernels<scalar_t>(plan, c.y, c.alphas)
+        .backward(c.grad_out.data_ptr<scalar_t>(), m_saved.data_ptr<scalar_t>(),
+                  c.grad_y.data_ptr<scalar_t>(), tot);
+    // dalpha1 = sum g*b, dalpha2 = dalpha5 = sum g*m, dalpha3 = sum g*a, dalpha4 = sum g*c.
+    auto ga = c.grad_alphas.accessor<scalar_t, 1>();
+    ga[0] = scalar_t(tot[0]);
+    ga[1] = scalar_t(tot[1]);
+    ga[2] = scalar_t(tot[2]);
+    ga[3] = scalar_t(tot[3]);
+    ga[4] = scalar_t(tot[1]);
+  });
   return {c.grad_y, c.grad_alphas};
 }
 

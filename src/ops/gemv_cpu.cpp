@@ -15,19 +15,14 @@
 namespace samout::ops {
 namespace {
 
-// Rows of x per pass over a weight row. A weight row is read from memory once, by the first pass;
-// later passes (more than kGroup rows of x) find it in L1 (K floats: 2 KiB at K = 512).
+// Rows of x per pass over a weight row: later passes find the row in L1 (2 KiB at K = 512).
 constexpr int kGroup = 3;
 
-// W is walked one row at a time, front to back: each thread's share of W is then one sequential
-// stream, which the hardware prefetcher follows best. (Four rows at a time, four interleaved
-// streams 2 KiB apart, measured 12-18% slower on Zen 3 at batch 1; software prefetching made no
-// measurable difference to the one-row walk.)
+// W is walked one row at a time, front to back: one sequential stream per thread. (Four interleaved
+// rows measured 12-18% slower on Zen 3 at batch 1; software prefetching made no difference.)
 
-// The least weight bytes one thread takes: waking a second thread costs a few microseconds, which
-// ~64 KiB of weights (~10 us at this machine's per-core bandwidth) amortises; smaller products run
-// on one thread. With the model's shapes (K = 512: 1 to 17 MB per matrix) both threads get large
-// contiguous halves.
+// The least weight bytes per thread: ~64 KiB (~10 us at per-core bandwidth) amortises waking a
+// thread (a few us). The model's matrices (1 to 17 MB) give both threads large contiguous halves.
 constexpr int64_t kMinTaskBytes = 64 << 10;
 
 // acc[b] += sum over k in [k0, K) of w[k] * x[b * K + k]: the portable kernel, and the K % 8 tail
@@ -83,10 +78,14 @@ __attribute__((target("avx2,fma"))) void dot_avx2(const float* w, int64_t K, con
 
 #endif
 
-bool have_avx2() {
+}  // namespace
+
+bool gemv_has_avx2() {
   static const bool yes = cpu_has_avx2_fma();
   return yes;
 }
+
+namespace {
 
 template <int NB>
 void dot(bool avx2, const float* w, int64_t K, const float* x, float* acc) {
@@ -125,8 +124,6 @@ void gemv_range(bool avx2, const float* x, int64_t rows, int64_t K, const float*
 
 }  // namespace
 
-bool gemv_has_avx2() { return have_avx2(); }
-
 void gemv_f32(const float* x, int64_t rows, int64_t K, const float* w, int64_t N, const float* bias,
               float* y) {
   if (rows <= 0 || N <= 0) return;
@@ -139,7 +136,7 @@ void gemv_f32(const float* x, int64_t rows, int64_t K, const float* w, int64_t N
   // range), at least kMinTaskBytes of weights per thread.
   const int64_t row_bytes = K * static_cast<int64_t>(sizeof(float));
   const int64_t grain = std::max<int64_t>(1, (kMinTaskBytes + row_bytes - 1) / row_bytes);
-  const bool avx2 = have_avx2();
+  const bool avx2 = gemv_has_avx2();
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     gemv_range(avx2, x, rows, K, w, N, bias, y, n0, n1);
   });

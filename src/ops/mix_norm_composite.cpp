@@ -1,6 +1,5 @@
-// mix_layer_norm (mix_norm.h): the composite of ATen ops, and the CompositeExplicitAutograd kernel
-// of samout::mix_layer_norm, which runs where autograd is not in the dispatch (inference mode, meta
-// tensors). In inference mode fp32 CPU tensors still take the fused forward, as under no_grad.
+// mix_layer_norm's ATen composite (mix_norm.h), also its kernel where autograd is not in the
+// dispatch (inference mode, meta tensors), where fp32 CPU tensors still take the fused forward.
 #include <torch/library.h>
 
 #include "samout/ops/mix_norm.h"

@@ -1,11 +1,8 @@
-// mix_layer_norm (mix_norm.h): the fused fp32 CPU kernels, registered as the CPU kernels of
-// samout::mix_layer_norm_forward and samout::mix_layer_norm_backward.
-//
-// Rows are independent, so the forward and the per-row part of the backward split rows across
-// threads freely. The sums over rows (dgamma, dbeta, dalpha) are taken per block of kBlockRows rows
-// and the blocks then added in order: a block's partial does not depend on which thread ran it, so
-// the result is the same at any thread count. Sums along a row use kLanes separate accumulators,
-// an order fixed by the code rather than by the vectoriser or the alignment of the row.
+// mix_layer_norm's fused fp32 CPU kernels (mix_norm.h): samout::mix_layer_norm_forward / _backward.
+// Rows split across threads freely; the sums over rows (dgamma, dbeta, dalpha) are taken per block
+// of kBlockRows rows and the blocks added in order, so results are the same at any thread count.
+// Sums along a row use kLanes accumulators: an order fixed by the code, not the vectoriser or the
+// row's alignment.
 #include "samout/ops/mix_norm.h"
 
 #include <ATen/Parallel.h>
@@ -25,8 +22,7 @@ constexpr int64_t kLanes = 16;
 // to share between threads, large enough that the (blocks, d) partials stay small.
 constexpr int64_t kBlockRows = 32;
 
-// body(j, k) for every j < d, k = the lane of j: whole groups of kLanes first (vector adds), then
-// the tail.
+// body(j, k) for every j < d, k = the lane of j: whole kLanes groups (vector adds), then the tail.
 template <typename F>
 inline void for_lanes(int64_t d, F&& body) {
   int64_t j = 0;
@@ -120,12 +116,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& f, const Tensor& x,
 
 // ---- backward --------------------------------------------------------------------------------------
 
-// __restrict: the outputs never overlap the inputs (read-only rows may overlap each other), and
-// without it GCC needs more alias checks than it will version a loop for, and leaves it scalar.
 // One row of the backward. With xhat = (z - mean) * rstd and g = dout * gamma:
-//   dz = rstd * (g - mean(g) - xhat * mean(g * xhat)),  df = a * dz,  dx = b * dz (+ dout),
-// and the row's share of dgamma (dout * xhat), dbeta (dout) and dalpha (dz * (f - x)).
-// Returns the row's dalpha term.
+//   dz = rstd * (g - mean(g) - xhat * mean(g * xhat)),  df = a * dz,  dx = b * dz (+ dout);
+// adds the row's dgamma (dout * xhat) and dbeta (dout) and returns its dalpha (dz * (f - x)).
+// __restrict (outputs never overlap inputs): without it GCC needs too many alias checks to
+// version the loop, and leaves it scalar.
 template <bool kResidual>
 float backward_row(const float* __restrict f, const float* __restrict x,
                    const float* __restrict dout, float a, float b, float mu, float rs,
@@ -155,8 +150,7 @@ float backward_row(const float* __restrict f, const float* __restrict x,
   return lane_total(sa);
 }
 
-// z is recomputed from f and x rather than saved, which spares an (N, d) buffer for one multiply-add
-// per element.
+// z is recomputed from f and x: one multiply-add per element spares saving an (N, d) buffer.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_cpu(
     const Tensor& grad_out, const Tensor& f, const Tensor& x, const Tensor& alpha,
     const Tensor& gamma, const Tensor& mean, const Tensor& rstd, bool add_residual) {

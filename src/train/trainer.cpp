@@ -223,7 +223,7 @@ int run_training(TrainConfig cfg, const dist::DistContext& ctx) {
     return stop.exit_code;
   } catch (const std::exception& e) {
     std::string what = e.what();
-    dist::abort_job("training failed: " + what.substr(0, what.find('\n')));
+    dist::abort_job("training failed: " + first_line(what));
   }
   return kExitOk;
 }

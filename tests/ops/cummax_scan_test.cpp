@@ -238,7 +238,7 @@ TEST(CummaxScan, SlicesOfManySequences) {
             scan::carry_prefix_sum(&c[at], &m[at], &gm[at], L, &full[k * lanes + j], lanes);
         ASSERT_EQ(full[k * lanes + j], scan::chunk_full(M[k * lanes + j], C[k * lanes + j]))
             << "rep " << rep << " k " << k << " j " << j;
-        EXPECT_EQ(scan::chunk_has_nan(M[k * lanes + j]), std::isnan(M[k * lanes + j]));
+        EXPECT_EQ(scan::is_nan(M[k * lanes + j]), std::isnan(M[k * lanes + j]));
       }
     for (int64_t j = 0; j < lanes; ++j) {
       ds[j] = scan::backward_carries(&G[j], &full[j], K, &R1[j], lanes);

@@ -1,12 +1,9 @@
-// The chunked running maximum (shared/SCAN.md), written once for the CPU kernel, the CUDA kernel and
-// context parallelism: the element rules, the per-chunk summaries, and the short scans over chunks
-// that combine them, forward and backward.
+// The chunked running maximum (shared/SCAN.md), shared by the CPU kernel, the CUDA kernel and
+// context parallelism: the element rules, per-chunk summaries, and the short scans over chunks.
 //
-// One sequence c[0..n) with a carried state s has the running maximum m[t] = fold(take_max, s,
-// c[0..t]): ties go to the later element, NaN propagates (torch.cummax's rules, with s at position
-// -1). Split [0, n) into K chunks of length L (the last one may be shorter). A chunk is a stretch of
-// time inside a kernel or a rank's slice of the sequence; the same functions serve both:
-//
+// m[t] = fold(take_max, s, c[0..t]) for a carried state s (torch.cummax's rules, s at position
+// -1: ties go to the later element, NaN propagates). [0, n) is split into K chunks of length L (the
+// last may be shorter); a chunk is a stretch of time in a kernel or one rank's slice:
 //   forward   1. per chunk, in parallel:   M_k = chunk_max(chunk k)
 //             2. over k, short:            C = forward_carries(M)      (C_0 = s; returns m[n-1])
 //             3. per chunk, in parallel:   m = chunk_forward(chunk k, C_k)
@@ -14,22 +11,14 @@
 //             1. per chunk, in parallel:   G_k, full_k = carry_prefix_sum(chunk k)
 //             2. over k, short, reversed:  R = backward_carries(G, full)  (returns R_0 = dL/ds)
 //             3. per chunk, in parallel:   chunk_backward(chunk k, acc_start(full_k, R_{k+1}))
+// full_k (chunk wholly owned by its carry) is chunk_full(M_k, C_k) from the forward, or what
+// carry_prefix_sum reports from c and m; both agree. Context parallelism runs phase 2 over the
+// all-gathered (N, B, d) summaries (stride B*d); R_0 is the gradient of rank 0's incoming state.
 //
-// full_k (the whole chunk is owned by its carry) follows from the forward alone, as
-// chunk_full(M_k, C_k), or from c and m, as carry_prefix_sum reports it; both agree.
-//
-// For context parallelism, rank r of N holds chunk r: it all-gathers the (B, d) maxima M, computes
-// every carry with forward_carries (stride = B*d over the gathered (N, B, d)), runs phase 3 with C_r
-// as its state; backward, it all-gathers G, computes R with backward_carries, and starts its reverse
-// pass at acc_start(full_r, R_{r+1}). R_0 is the gradient of the state entering rank 0.
-//
-// Every sum runs in a fixed order (within a chunk from its end to its start, starting at 0; over
-// chunks from the last to the first), so results are deterministic for a given L, however the
-// chunks are mapped onto threads, blocks or ranks.
-//
-// Everything here is a plain template on the value type T (float, double; bf16 kernels compute in
-// float) callable from host and device code: no torch, no std containers. Arrays are raw pointers
-// with an element stride, so a chunk can be a column of a (T, d) or (N, B, d) layout.
+// Sums run in a fixed order (within a chunk from its end, starting at 0; over chunks last to
+// first), so results depend on L only, not on how chunks map onto threads, blocks or ranks.
+// Plain templates on T (float, double; bf16 kernels compute in float) for host and device code: no
+// torch, no std containers; arrays are pointers with an element stride (columns of (T, d) etc.).
 #pragma once
 
 #include <cmath>
@@ -62,9 +51,8 @@ SAMOUT_HD T take_max(T running, T v) {
   return (v >= running || is_nan(v)) ? v : running;
 }
 
-// True when position t owns its own running maximum (argmax_t == t), given c_t and m_t. m_t is
-// either c_t or m_{t-1}: if c_t won, c_t == m_t bitwise (or c_t is NaN); if m_{t-1} won, c_t <
-// m_{t-1} = m_t, or m_t is NaN while c_t is not, and c_t == m_t is false.
+// True when position t owns its running maximum (argmax_t == t): if c_t won, c_t == m_t bitwise
+// (or c_t is NaN); if m_{t-1} won, c_t < m_t, or m_t is NaN and c_t is not: c_t == m_t is false.
 template <typename T>
 SAMOUT_HD bool is_argmax(T c, T m) {
   return c == m || is_nan(c);
@@ -86,8 +74,7 @@ SAMOUT_HD bool chunk_full(T M, T C) {
 
 // ---- Forward ---------------------------------------------------------------------------------
 
-// Chunks of length L over n positions: their number, and the length of chunk k (the last may be
-// shorter).
+// How many chunks of length L cover n positions, and chunk k's length (the last may be shorter).
 SAMOUT_HD int64_t num_chunks(int64_t n, int64_t L) { return (n + L - 1) / L; }
 SAMOUT_HD int64_t chunk_length(int64_t n, int64_t L, int64_t k) {
   return (k + 1) * L <= n ? L : n - k * L;
@@ -101,21 +88,14 @@ SAMOUT_HD T chunk_max(const T* c, int64_t n, int64_t stride = 1) {
   return M;
 }
 
-// Whether a chunk holds a NaN, from its summary: under take_max a NaN, once met, stays the maximum.
-template <typename T>
-SAMOUT_HD bool chunk_has_nan(T M) {
-  return is_nan(M);
-}
-
 // The carry entering the chunk after one whose carry is C and whose maximum is M.
 template <typename T>
 SAMOUT_HD T combine(T C, T M) {
   return take_max(C, M);
 }
 
-// Phase 2. C_0 = state, C_k = combine(C_{k-1}, M_{k-1}) for k in [0, K); M and C at `stride`
-// elements apart, and C may be M itself (in place). Returns combine(C_{K-1}, M_{K-1}): the running
-// maximum at the sequence's end (the next call's state).
+// Phase 2. C_0 = state, C_k = combine(C_{k-1}, M_{k-1}) for k < K (C may be M itself). Returns
+// combine(C_{K-1}, M_{K-1}): the running maximum at the sequence's end (the next call's state).
 template <typename T>
 SAMOUT_HD T forward_carries(const T* M, int64_t K, T state, T* C, int64_t stride = 1) {
   T running = state;
@@ -140,9 +120,8 @@ SAMOUT_HD T chunk_forward(const T* c, int64_t n, T carry, T* m, int64_t stride =
 }
 
 // ---- Backward --------------------------------------------------------------------------------
-// gm[t] = dL/dm[t]. Within a chunk the positions owned by the carry form a prefix [0, p): the
-// chunk's own running maximum only grows, so once it reaches the carry it stays there. The gm of
-// that prefix (G_k) goes to whoever owns the carry.
+// gm[t] = dL/dm[t]. The carry-owned positions of a chunk form a prefix (the chunk's own running
+// maximum only grows); its gm sum G_k goes to whoever owns the carry.
 
 // One step of a reverse pass: acc gathers gm of later positions whose maximum is owned at or before
 // t; at a position owning its maximum it is released (returned) and reset. Returns what t receives.
@@ -153,9 +132,9 @@ SAMOUT_HD T release_step(T& acc, T gm, bool owns) {
   return owns ? total : T(0);
 }
 
-// Phase 1. G_k: the sum of gm over the chunk's carry-owned prefix, in the order of the reverse pass
-// (from the prefix's end to the chunk's start, starting at 0), so it equals bitwise what a reverse
-// pass started at 0 leaves over. *full = no position of the chunk owns its maximum (full_k).
+// Phase 1. G_k: gm summed over the carry-owned prefix in the reverse pass's order (from 0, prefix
+// end to chunk start), bitwise what a reverse pass from 0 leaves. *full = full_k (no position owns
+// its maximum).
 template <typename T>
 SAMOUT_HD T carry_prefix_sum(const T* c, const T* m, const T* gm, int64_t n, bool* full,
                              int64_t stride = 1) {
@@ -184,8 +163,8 @@ SAMOUT_HD T acc_start(bool full, T R_next) {
   return full ? T(0) : R_next;
 }
 
-// Phase 2. R_k for k in [0, K) from the G_k and full_k (at `stride` elements apart; R may be G
-// itself), from the last chunk to the first. Returns R_0, the gradient of the state.
+// Phase 2. R_k for k < K from G_k and full_k, last chunk first (R may be G itself). Returns R_0,
+// the gradient of the state.
 template <typename T>
 SAMOUT_HD T backward_carries(const T* G, const bool* full, int64_t K, T* R, int64_t stride = 1) {
   T R_next = T(0);
@@ -196,8 +175,7 @@ SAMOUT_HD T backward_carries(const T* G, const bool* full, int64_t K, T* R, int6
   return R_next;
 }
 
-// The same with full_k taken from the forward summaries: full_k = chunk_full(M_k, C_k) (a rank
-// knows M from the forward's all-gather and C from forward_carries).
+// The same with full_k = chunk_full(M_k, C_k) from the forward's summaries (as a rank knows them).
 template <typename T>
 SAMOUT_HD T backward_carries(const T* G, const T* M, const T* C, int64_t K, T* R,
                              int64_t stride = 1) {

@@ -1,43 +1,30 @@
-// cummax_gate's CUDA kernels, thread by thread: what one thread of each kernel does, written as
-// host-and-device functions over plain pointers. src/ops/cummax_gate.cu only maps blocks and
-// threads onto these functions and launches them; tests/ops/cummax_gate_cuda_emulation_test.cpp runs
-// the very same functions over an emulated grid on the CPU (every block, every thread) and checks
-// them against the composite reference. The scan's rules (take_max, is_argmax, the carry combine,
-// the reverse segmented sum) come from cummax_scan.h, which the CPU kernel and context parallelism
-// share.
+// cummax_gate's CUDA kernels, thread by thread, as host-and-device functions over plain pointers:
+// cummax_gate.cu only maps blocks and threads onto them and launches; the emulation test
+// (cummax_gate_cuda_emulation_test) runs them over an emulated grid on the CPU against the
+// composite. The scan's rules come from cummax_scan.h.
 //
-// The algorithm is SCAN.md's with time chunks. The sequence [0, T) of every (batch row, channel) is
-// cut into K chunks of L steps (L a multiple of kChunkAlign; the last chunk may be shorter). One
-// thread owns one (batch row, chunk, group of VEC channels); VEC = 16 bytes of channels when every
-// row is 16-byte aligned (4 fp32, 8 bf16, 2 fp64), else 1.
-//   forward 1, summaries (skipped when K = 1):
-//              M_k = fold(take_max, -inf, c over chunk k)                         -> summaries (B, K, d)
-//   forward 2+3, outputs: C_k = fold(take_max, state, M_0 .. M_{k-1}) (the carries; each thread
-//              folds the k summaries before its chunk), then m_t = take_max(m_{t-1}, c_t) from C_k,
-//              and out. C_k is saved for the backward                             -> chunk_carry (B, K, d)
-//   backward A, chunks: one pass forward in time from C_k, recomputing m from c, which the backward
-//              reads anyway (no saved (B, T, d) running max). Ownership in forward order: position t
-//              owns its own m when is_argmax(c_t, m_t), and every later position of the chunk up to
-//              the next such t. The gradient of m, x_t = g_t (a + b + c + alpha2 + alpha5), goes to
-//              the owner: the carry-owned prefix sums into G_k; the positions owned by an argmax u
-//              sum into dc[u], written when the next argmax closes u's stretch. The stretch still
-//              open at the chunk's end (owner e_k, sum D_k) is written as if nothing came from later
-//              chunks, and (G_k, e_k, D_k) are recorded; e_k = -1 means the chunk is wholly
-//              carry-owned (full_k).                                               -> records (B, K, d)
-//   backward B, carries: per (batch row, channel), the reverse segmented sum of SCAN.md over the K
-//              records, in a fixed order: R_K = 0, R_k = G_k + (full_k ? R_{k+1} : 0); R_{k+1}
-//              belongs to the owner of chunk k's end, so dc[e_k] = D_k + R_{k+1} is rewritten. R_0
-//              belongs to the carried-in state, which is not differentiated.
-// This is SCAN.md's backward with its phase 3 ("acc starts at R_{k+1}") applied by linearity to the
-// one position that receives R_{k+1}: the chunk pass runs before the R_k are known, so every input
-// is read once (backward: read dL/dout, a, b, c; write dL/dy) instead of reading a, b, c and dL/dout
-// a second time over each carry-owned prefix to find G_k first.
+// SCAN.md with time chunks: [0, T) of each (batch row, channel) is cut into K chunks of L steps
+// (L a multiple of kChunkAlign; the last may be shorter). A thread owns one (batch row, chunk,
+// group of VEC channels); VEC = 16 bytes of channels when every row is 16-byte aligned, else 1.
+//   forward 1, summaries (skipped when K = 1): M_k = chunk max of c      -> summaries (B, K, d)
+//   forward 2+3, outputs: C_k = fold(take_max, state, M_0 .. M_{k-1}) (each thread folds the
+//              summaries before its chunk), then m and out; C_k saved  -> chunk_carry (B, K, d)
+//   backward A, chunks: one forward pass from C_k, recomputing m from c (no saved (B, T, d) max).
+//              Position t owns its m when is_argmax(c_t, m_t), and so every later position up to
+//              the next such t. x_t = g_t (a + b + c + alpha2 + alpha5) goes to the owner: the
+//              carry-owned prefix sums into G_k; a stretch owned by u sums into dc[u], written
+//              when the next argmax closes it. The stretch open at the chunk's end (owner e_k, sum
+//              D_k) is written as if nothing came from later chunks; (G_k, e_k, D_k) are recorded,
+//              e_k = -1 meaning full_k.                                   -> records (B, K, d)
+//   backward B, carries: per (batch row, channel), in a fixed order: R_K = 0, R_k = G_k +
+//              (full_k ? R_{k+1} : 0); dc[e_k] = D_k + R_{k+1} is rewritten. R_0 is dropped.
+// This is SCAN.md's phase 3 applied by linearity to the one position receiving R_{k+1}, so each
+// input is read once, instead of a, b, c and dL/dout again over each carry-owned prefix.
 //
-// The alpha gradients are per-thread sums of g*b, g*m, g*a, g*c, reduced per block in a fixed order
-// and then over blocks by one small kernel, also in a fixed order: deterministic, no float atomics.
-//
-// Software pipelining: every time loop loads tiles of TILE steps (all loads of a tile issued before
-// any is used) and issues the next tile's loads before computing the current one.
+// Alpha gradients: per-thread sums of g*b, g*m, g*a, g*c, reduced per block and then over blocks by
+// one small kernel, in fixed orders: deterministic, no float atomics.
+// Software pipelining: time loops load tiles of TILE steps (all of a tile's loads issued before any
+// is used) and issue the next tile's loads before computing the current one.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -132,9 +119,8 @@ SAMOUT_HD void store_pack(T* p, const Pack<T, VEC>& x) {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-// The 16-byte path needs every row it touches to start on 16 bytes: d and y's batch and time strides
-// multiples of the vector width, and every pointer (null ones are unused) aligned. The last dim of y
-// and every other tensor are contiguous.
+// The 16-byte path needs every row to start on 16 bytes: d and y's batch and time strides multiples
+// of the vector width, every non-null pointer aligned (y's last dim and all else contiguous).
 template <typename scalar_t>
 inline bool can_vectorize(int64_t d, int64_t sB, int64_t sT,
                           std::initializer_list<const void*> pointers) {
@@ -167,8 +153,8 @@ inline GridMap make_grid(int64_t groups, int64_t B, int64_t K) {
   return {groups, K, units, tx, gx, gx * ceil_div(units, kThreads / tx)};
 }
 
-// What thread `thread` of block `block` works on: channel group grp of batch row b, chunk k. False
-// for the threads past the edges, which have no work.
+// The work of thread `thread` of block `block` (channel group grp, batch row b, chunk k); false
+// past the edges.
 struct Work {
   int64_t b, k, grp;
 };
@@ -182,8 +168,8 @@ SAMOUT_HD bool work_of(const GridMap& gm, int64_t block, int thread, Work& w) {
   return w.grp < gm.groups && unit < gm.units;
 }
 
-// The chunks and the grid of each pass. The forward chooses K from the threads the GPU holds at
-// once (`resident`); the backward takes K from the forward's saved carries.
+// The chunks and grid of each pass: the forward's K from the threads the GPU holds at once
+// (`resident`), the backward's from the forward's saved carries.
 struct Launch {
   ChunkPlan plan;
   GridMap grid;
@@ -201,8 +187,8 @@ inline Launch backward_launch(int64_t B, int64_t T, int64_t d, int64_t saved_chu
   return {plan, make_grid(d / VEC, B, plan.K)};
 }
 
-// Blocks of the carry pass (one thread per (batch row, channel)); none when K = 1, where nothing
-// crosses chunks (R_1 = 0). The finishing block comes after them.
+// Blocks of the carry pass (a thread per (batch row, channel)), then the finishing block; none when
+// K = 1 (R_1 = 0).
 inline int64_t carry_blocks(int64_t B, int64_t d, int64_t K) {
   return K > 1 ? ceil_div(B * d, kThreads) : 0;
 }
@@ -229,8 +215,7 @@ SAMOUT_HD Coefs<acc_t> load_coefs(const scalar_t* alphas) {
           acc_t(alphas[1]) + acc_t(alphas[4])};
 }
 
-// The per-thread sums behind the alpha gradients: dL/dalpha1 = sum g*b, dL/dalpha2 = dL/dalpha5 =
-// sum g*m, dL/dalpha3 = sum g*a, dL/dalpha4 = sum g*c.
+// Per-thread alpha gradient sums: g*b (alpha1), g*m (alpha2, alpha5), g*a (alpha3), g*c (alpha4).
 template <typename acc_t>
 struct AlphaSums {
   acc_t v[4];  // g*b, g*m, g*a, g*c
@@ -259,8 +244,7 @@ SAMOUT_HD void load_tile(Tile<scalar_t, VEC, TILE, NPTR>& tile, const scalar_t* 
 
 // ---- Forward 1: chunk summaries -----------------------------------------------------------------
 
-// M_k for VEC channels of row b: the chunk's maximum (NaN when it holds one), stored exactly in
-// scalar_t (a maximum is one of the inputs).
+// M_k for VEC channels of row b (NaN when the chunk holds one); exact in scalar_t (it is an input).
 template <typename scalar_t, int VEC>
 SAMOUT_HD void summary_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k, int64_t grp,
                               scalar_t* __restrict__ summaries) {
@@ -378,11 +362,9 @@ SAMOUT_HD void output_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k, 
 
 // ---- Backward A: one pass over each chunk -------------------------------------------------------
 
-// The backward's walk over one chunk of one channel in forward time order: SCAN.md's backward phase
-// 1 (G_k, full_k) and phase 3 from acc = 0 in one pass, ownership decided as positions arrive.
-// Position u that owns its maximum (is_argmax) owns every later position of the chunk up to the next
-// such position; positions before the chunk's first one are owned by the carry. Sums run in time
-// order (deterministic; not bitwise the reverse order of scan::carry_prefix_sum/chunk_backward).
+// The backward's walk over one chunk of one channel in forward time order: SCAN.md's backward
+// phases 1 (G_k, full_k) and 3 (from acc = 0) in one pass, deciding ownership as positions arrive.
+// Sums run in time order: deterministic, but not bitwise scan::carry_prefix_sum/chunk_backward.
 template <typename T>
 struct OwnerWalk {
   T carried;      // G_k so far: gm summed over the carry-owned prefix
@@ -420,8 +402,8 @@ SAMOUT_HD T owner_walk_step(OwnerWalk<T>& w, int32_t t, bool argmax, T own, T gm
   return own;
 }
 
-// At the chunk's end (its last position `last`): the open stretch's owner needs a rewrite unless it
-// is `last` itself. Its dc is then complete but for R_{k+1}, what later chunks send.
+// At the chunk's last position `last`: the open stretch's owner needs a rewrite unless it is
+// `last`; its dc then lacks only R_{k+1}, what later chunks send.
 template <typename T>
 SAMOUT_HD bool owner_walk_needs_rewrite(const OwnerWalk<T>& w, int32_t last) {
   return w.owner >= 0 && w.owner != last;
@@ -502,8 +484,7 @@ SAMOUT_HD AlphaSums<at::opmath_type<scalar_t>> backward_chunk_thread(
   const int64_t r0 = (b * g.K + k) * d + j0;
   SAMOUT_UNROLL
   for (int v = 0; v < VEC; ++v) {
-    // The stretch open at the chunk's end, as if later chunks sent nothing (the carry pass adds
-    // R_{k+1} when they do).
+    // The stretch open at the chunk's end, as if later chunks sent nothing (+R_{k+1}: carry pass).
     if (owner_walk_needs_rewrite(walk[v], static_cast<int32_t>(t1 - 1))) {
       dcb[static_cast<int64_t>(walk[v].owner) * 3 * d + v] = scalar_t(walk[v].open);
     }

@@ -1,19 +1,11 @@
-// mix_layer_norm: the end of a SamOut decoder layer (SPEC.md),
-//     LayerNorm_d(alpha * f + (1 - alpha) * x) * gamma + beta   (+ x, the outer residual),
-// differentiable in f, x, alpha, gamma and beta.
-//
-// Registered with PyTorch's dispatcher as samout::mix_layer_norm (Python: torch.ops.samout, after
-// loading libsamout_ops.so), with samout::mix_layer_norm_forward / _backward as the fused kernel's
-// two halves. As ATen ops this is six passes over the (B, T, d) activations forward and about eight
-// backward. For fp32 CPU tensors a fused kernel does the forward in one pass over rows (each row
-// stays in L1 while its mean and variance are taken) and the backward in one more, with the
-// parameter gradients reduced from fixed blocks of rows, so every result is bitwise the same
-// whatever the thread count. Anything else (bf16 under autocast, double, and CUDA, where ATen's
-// CUDA LayerNorm is the implementation) goes to the composite, which is also the reference the
-// kernel is tested against.
-//
-// Files: mix_norm.cpp (schemas, Meta kernels, these entries), mix_norm_cpu.cpp (the fused kernels),
-// mix_norm_autograd.cpp (autograd), mix_norm_composite.cpp (the composite).
+// mix_layer_norm: the end of a SamOut decoder layer (SPEC.md), differentiable in all five inputs:
+//     LayerNorm_d(alpha * f + (1 - alpha) * x) * gamma + beta   (+ x, the outer residual).
+// Registered as samout::mix_layer_norm, with samout::mix_layer_norm_forward / _backward as the
+// fused kernel's halves. As ATen ops it is six passes over (B, T, d) forward, ~8 backward; for
+// fp32 CPU tensors the fused kernel (mix_norm_cpu.cpp) takes one pass each way, with parameter
+// gradients reduced over fixed blocks of rows so results are bitwise the same at any thread count.
+// Anything else (bf16 autocast, double, CUDA) runs the composite (mix_norm_composite.cpp), also the
+// reference. mix_norm.cpp: schemas, Meta kernels, entries; mix_norm_autograd.cpp: autograd.
 #pragma once
 
 #include <torch/torch.h>
@@ -38,8 +30,8 @@ torch::Tensor mix_layer_norm_composite(const torch::Tensor& f, const torch::Tens
 bool mix_norm_uses_fused(const torch::Tensor& f, const torch::Tensor& x, const torch::Tensor& alpha,
                          const torch::Tensor& gamma, const torch::Tensor& beta);
 
-// The fused kernel's ops, no autograd: (out, mean, rstd), mean and rstd of shape f.shape[:-1];
-// and (df, dx, dalpha, dgamma, dbeta) from them.
+// The fused kernel's ops, no autograd: (out, mean, rstd) (mean, rstd: f.shape[:-1]), and from
+// them (df, dx, dalpha, dgamma, dbeta).
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> mix_layer_norm_forward(
     const torch::Tensor& f, const torch::Tensor& x, const torch::Tensor& alpha,
     const torch::Tensor& gamma, const torch::Tensor& beta, double eps, bool add_residual);
