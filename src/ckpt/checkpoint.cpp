@@ -57,7 +57,8 @@ void remove_tree(const std::string& path) {
 // "<prefix><n, zero-padded to `width` digits><suffix>"
 std::string numbered(const char* prefix, int64_t n, int width, const char* suffix = "") {
   const std::string digits = std::to_string(n);
-  return prefix + std::string(std::max<int>(0, width - digits.size()), '0') + digits + suffix;
+  return prefix + std::string(std::max(0, width - static_cast<int>(digits.size())), '0') + digits +
+         suffix;
 }
 
 std::string rank_file(int rank) { return numbered("rank-", rank, 5, ".json"); }

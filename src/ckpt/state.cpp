@@ -3,7 +3,6 @@
 #include <glog/logging.h>
 
 #include <charconv>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -17,12 +16,9 @@ using nlohmann::json;
 namespace {
 
 std::string to_hex(const std::string& bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
-  char pair[3];
-  for (unsigned char c : bytes) {
-    std::snprintf(pair, sizeof(pair), "%02x", c);
-    out += pair;
-  }
+  for (unsigned char c : bytes) out += {kDigits[c >> 4], kDigits[c & 15]};
   return out;
 }
 

@@ -1,6 +1,5 @@
-// The training loop of samout_ddp: steps (step.cpp), reports (train/metrics.h), evaluation
-// (evaluate.cpp), checkpoints and preemption; and run_training, which agrees on set-up errors across ranks before
-// any collective (see trainer_impl.h).
+// The training loop of samout_ddp: steps, reports, evaluation, checkpoints and preemption; and
+// run_training, which agrees on set-up errors across ranks before any collective (trainer_impl.h).
 #include "samout/train/trainer.h"
 
 #include <glog/logging.h>

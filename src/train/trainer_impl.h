@@ -1,9 +1,10 @@
 // The trainer's state and its parts (private to src/train):
-//   setup.cpp    flags against the world and the corpus, the model, resume choice; then the
-//                communicators, the gradient reducer and the optimizer (connect)
-//   step.cpp     one optimizer step: batch, micro-steps, gradient all-reduce, norm, skip, Adam
-//   trainer.cpp  the loop: steps, reports (train/metrics.h), validation loss, checkpoints,
-//                preemption; and run_training, which agrees on set-up errors across ranks
+//   setup.cpp     flags against the world and the corpus, the model, resume choice; then the
+//                 communicators, the gradient reducer and the optimizer (connect)
+//   step.cpp      one optimizer step: batch, micro-steps, gradient all-reduce, norm, skip, Adam
+//   evaluate.cpp  the validation loss
+//   trainer.cpp   the loop: steps, reports (train/metrics.h), checkpoints, preemption; and
+//                 run_training, which agrees on set-up errors across ranks
 #pragma once
 
 #include <ATen/autocast_mode.h>
@@ -84,8 +85,10 @@ class Trainer {
   torch::Tensor token_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets) const;
   torch::Tensor count_targets(const torch::Tensor& targets) const;
 
-  // trainer.cpp
+  // evaluate.cpp
   void evaluate(int64_t step);
+
+  // trainer.cpp
   torch::Tensor sum_over_ranks(const torch::Tensor& t);
   void report(int64_t step);
   ckpt::Snapshot snapshot(int64_t steps_done);

@@ -273,6 +273,25 @@ TEST_F(LoaderErrors, TokenAtOrAboveVocab) {
   auto lazy = config(path("bad.h5"));  // too big to scan at open: caught when its window is read
   lazy.verify_tokens_max = 0;
   EXPECT_THAT(error_of(lazy), Names(path("bad.h5"), "token id 1000"));
+  // The prefetcher keeps the error: every later next() throws it again (no abort, no batch).
+  auto l = Loader::open(lazy);
+  std::string first;
+  for (int i = 0; i < 100 && first.empty(); ++i) {
+    try {
+      l->next();
+    } catch (const UsageError& e) {
+      first = e.what();
+    }
+  }
+  EXPECT_THAT(first, Names(path("bad.h5"), "token id 1000"));
+  for (int again = 0; again < 2; ++again) {
+    try {
+      l->next();
+      ADD_FAILURE() << "next() after a read error returned a batch";
+    } catch (const UsageError& e) {
+      EXPECT_EQ(std::string(e.what()), first);
+    }
+  }
   auto wrong_vocab = config(path("bad.h5"));
   wrong_vocab.vocab_size = 512;
   EXPECT_THAT(error_of(wrong_vocab), Names(path("bad.h5"), "differs from the requested 512"));

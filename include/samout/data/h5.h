@@ -24,8 +24,9 @@ class H5Id {
   H5Id(hid_t id, Closer close) : id_(id), close_(close) {}
   H5Id(H5Id&& o) noexcept : id_(std::exchange(o.id_, -1)), close_(o.close_) {}
   H5Id& operator=(H5Id&& o) noexcept {
-    std::swap(id_, o.id_);  // our old id is closed with `o`
-    std::swap(close_, o.close_);
+    reset();  // our old id is closed now, not when `o` goes (a self-move leaves no id)
+    id_ = std::exchange(o.id_, -1);
+    close_ = o.close_;
     return *this;
   }
   ~H5Id() { reset(); }
