@@ -18,6 +18,7 @@
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
 #include "samout/common/flags_check.h"
+#include "samout/common/strings.h"
 #include "samout/data/documents.h"
 #include "samout/data/h5.h"
 #include "samout/data/tokenizer.h"
@@ -55,6 +56,7 @@ DEFINE_bool(stats, false, "print prefill time, tokens/s and ms/token to stderr a
 namespace {
 
 using samout::require;
+using samout::seconds_since;
 
 std::string tokenizer_path(const std::string& dir) {
   const std::string path = FLAGS_tokenizer.empty() ? dir + "/tokenizer.model" : FLAGS_tokenizer;
@@ -86,10 +88,6 @@ std::vector<std::string> read_prompts() {
           static_cast<long>(n));
   }
   return prompts;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 int run() {

@@ -18,6 +18,7 @@
 #include "samout/ckpt/durable_file.h"
 #include "samout/ckpt/weights_file.h"
 #include "samout/common/error.h"
+#include "samout/common/strings.h"
 #include "samout/data/h5.h"
 
 namespace samout::ckpt {
@@ -139,9 +140,6 @@ void CheckpointWriter::save(Snapshot s, bool async) {
 
 void CheckpointWriter::write(const Snapshot& s) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto seconds = [t0] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
   const std::string name = step_dir_name(s.state.step);
   const std::string tmp = dir_ + "/.tmp-" + name;
   fs::create_directories(tmp);
@@ -189,7 +187,7 @@ void CheckpointWriter::write(const Snapshot& s) {
   for (int r = 0; r < world_; ++r) {
     const std::string path = tmp + "/" + rank_file(r);
     while (!fs::exists(path)) {
-      if (seconds() > kRankWaitS)
+      if (seconds_since(t0) > kRankWaitS)
         throw std::runtime_error("rank " + std::to_string(r) + " did not finish its part of " +
                                  name);
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -232,7 +230,7 @@ void CheckpointWriter::write(const Snapshot& s) {
       if (++kept > keep_) remove_tree(path);
     }
   }
-  LOG(INFO) << "checkpoint " << final_dir << " written in " << seconds() << " s";
+  LOG(INFO) << "checkpoint " << final_dir << " written in " << seconds_since(t0) << " s";
 }
 
 // ---- Reading ----------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@ std::vector<std::string> split_list(const std::string& list, char sep) {
   return out;
 }
 
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   const int whole = static_cast<int>(s);

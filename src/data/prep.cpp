@@ -71,8 +71,7 @@ class Progress {
 
  private:
   void draw(bool final) {
-    const double secs = std::max(
-        1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    const double secs = std::max(1e-9, seconds_since(start_));
     const double frac = std::min(1.0, static_cast<double>(done_) / total_);
     const double rate = done_ / secs;  // bytes/s
     const double eta = rate > 0 ? (total_ - done_) / rate : 0;
@@ -406,8 +405,7 @@ PrepResult run_prep(const PrepConfig& cfg) {
     if (!model)
       throw std::runtime_error(model_path.string() + ": cannot write: " + std::strerror(errno));
     result.files.push_back("tokenizer.model");
-    result.encode_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.encode_seconds = seconds_since(t0);
     const auto hold = interrupt.lock();
     commit(tmp, out, result.files);
   } catch (...) {

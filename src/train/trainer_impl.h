@@ -17,6 +17,7 @@
 #include "samout/ckpt/checkpoint.h"
 #include "samout/ckpt/dir_lock.h"
 #include "samout/ckpt/state.h"
+#include "samout/common/strings.h"
 #include "samout/data/loader.h"
 #include "samout/dist/communicator.h"
 #include "samout/dist/context.h"
@@ -30,10 +31,6 @@
 namespace samout::train {
 
 using Clock = std::chrono::steady_clock;
-
-inline double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 // RAII bf16 autocast for the forward pass (GPU only; checked at setup).
 class AutocastScope {

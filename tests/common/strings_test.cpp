@@ -1,4 +1,4 @@
-// common/strings.h: the one comma splitter and the one duration format.
+// common/strings.h: the one comma splitter, the one duration format and the one elapsed-time clock.
 #include "samout/common/strings.h"
 
 #include <gtest/gtest.h>
@@ -27,6 +27,14 @@ TEST(FormatDuration, SecondsMinutesHours) {
   EXPECT_EQ(format_duration(3720), "1h02m");
   EXPECT_EQ(format_duration(-1), "?");
   EXPECT_EQ(format_duration(std::numeric_limits<double>::infinity()), "?");
+}
+
+TEST(SecondsSince, CountsSecondsOnTheSteadyClock) {
+  const auto now = std::chrono::steady_clock::now();
+  const double s = seconds_since(now - std::chrono::milliseconds(2500));
+  EXPECT_GE(s, 2.5);
+  EXPECT_LT(s, 2.5 + 60);  // however slow the machine, not a unit error (ms would read 2500)
+  EXPECT_GE(seconds_since(now), 0.0);
 }
 
 }  // namespace

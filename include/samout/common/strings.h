@@ -2,6 +2,7 @@
 // as people read them in logs and progress lines.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -13,5 +14,8 @@ std::vector<std::string> split_list(const std::string& list, char sep = ',');
 
 // "12.3s", "3m05s", "1h02m"; "?" for a negative or non-finite number of seconds.
 std::string format_duration(double seconds);
+
+// Seconds elapsed on the steady clock since t.
+double seconds_since(std::chrono::steady_clock::time_point t);
 
 }  // namespace samout
