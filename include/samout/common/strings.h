@@ -1,5 +1,5 @@
-// Text helpers shared by every program: the comma-separated list form of a flag, and durations
-// as people read them in logs and progress lines.
+// Helpers shared by every program: the comma-separated list form of a flag, and durations, both
+// measured (steady clock) and as people read them in logs and progress lines.
 #pragma once
 
 #include <chrono>
