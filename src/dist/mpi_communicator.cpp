@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "samout/common/error.h"
+#include "samout/common/strings.h"
 #include "samout/dist/checks.h"
 #include "samout/dist/communicator.h"
 
@@ -48,7 +49,7 @@ class MpiCommunicator final : public Communicator {
       if (!p.tensor.is_cpu()) p.tensor.copy_(p.host, /*non_blocking=*/true);
     }
     pending_.clear();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return seconds_since(start);
   }
 
   // The blocking collectives complete those started before them too (they were issued first).
