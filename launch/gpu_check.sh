@@ -2,60 +2,74 @@
 # gpu_check.sh: the one script a person with a single NVIDIA GPU runs to check samout there.
 #
 #   bash launch/gpu_check.sh --prepare      on the dev machine (Debian 12, no GPU needed): gathers the
-#                                           Debian packages the GPU machine lacks, and the sample
-#                                           corpus, into .gpu-debs/ (git-ignored; < 64 MiB), then
-#                                           checks the configure step against them unpacked
+#                                           Debian packages the GPU machine lacks (and ninja), and the
+#                                           sample corpus, into .gpu-debs/ (git-ignored; < 64 MiB),
+#                                           then checks the configure step against them unpacked
+#   bash launch/gpu_check.sh --dry_run      anywhere: prints the plan (stages in order, the time cap
+#                                           of each, their sum, the targets built) and exits 0,
+#                                           running and writing nothing
 #   bash launch/gpu_check.sh [--out=DIR]    on the GPU machine, from the repository root, with
-#                                           .gpu-debs/ copied along: builds, tests, benchmarks
+#                                           .gpu-debs/ copied along: builds, benchmarks, tests
 #
-# On the GPU machine it unpacks .gpu-debs/*.deb into a private prefix (never into /), configures
-# and builds with every core (Release, the card's architecture: sm_90 on an H200), then runs, each
-# stage under its own timeout (a slow or hung stage cannot eat the budget; one that fails does not
-# stop the others), printing as it goes:
-#   1. ctest -L gpu (without the two below)          5. samout_ddp tokens/s, seed model: B=32 T=1024
-#   2. compute-sanitizer memcheck on the op tests       bf16, B=32 T=49 fp32, B=4 T=8192 bf16
-#   3. the sync-debug training test                  6. batch-1 decode tokens/s, CUDA graphs
-#   4. 2 ranks --comm=mpi on one GPU vs 1 rank       7. bench_cummax_gate on CUDA
-#                                                    8. PyTorch peers on the same GPU (eager fp32 and
-#                                                       bf16, torch.compile, eager stateful decode)
+# It fits in 6 minutes (--budget, default 360 s: the sum of the stages' caps, see --dry_run) on
+# one H200 with 16 cores, so that a rerun of what failed fits in the same lease. On the GPU machine
+# it unpacks .gpu-debs/*.deb into a private prefix (never into /), configures (Ninja when there is
+# one) and builds only the targets the stages use, with every core (Release, the card's
+# architecture), then runs each stage under its own timeout, measuring samout first and checking
+# correctness after:
+#   1. samout_ddp tokens/s, seed model: B=32 T=1024 bf16, B=32 T=49 fp32, B=4 T=8192 bf16
+#   2. batch-1 decode tokens/s, CUDA graphs        5. ctest -L gpu (without 7 and 8)
+#   3. bench_cummax_gate on CUDA                    6. compute-sanitizer memcheck, a few op cases
+#   4. the strongest PyTorch peers on the same GPU  7. the sync-debug training test
+#      (eager bf16 + fused Adam; torch.compile      8. 2 ranks --comm=mpi on one GPU vs 1 rank
+#      with CUDA graphs at B=32 T=49; eager stateful decode)
+# A failed or timed-out configure or build stops the run with one line (exit 1); any later stage
+# that fails does not stop the others. Nothing else uses the GPU or the cores during the build.
 # After every stage it rewrites <out>/results.md (the table: status, figures, samout over the
 # strongest PyTorch variant at the same shape) and <out>/results.json (every figure), so a run cut
-# short keeps what it measured; each stage's log is in <out>/logs/. The table is printed again at
-# the end, with the total wall time. Default <out>: $OUT when set (the device runner's folder),
-# else runs/gpu_check-<date>. The whole run fits in --budget seconds (default 525: the target is
-# 9 minutes on one H200 with 16 cores); a stage that would not fit is recorded as skipped.
+# short keeps what it measured; each stage's log is in <out>/logs/. Default <out>: $OUT when set
+# (the device runner's folder), else runs/gpu_check-<date>.
 #
-# Options: --out=DIR  --build=DIR (default build-gpu; reused by a rerun)  --budget=SECONDS
-#          --jobs=N (default: every core)  --python=PATH (the python with torch; default: the first
-#          of python3, /opt/torch/.venv/bin/python3, .venv/bin/python that imports torch)
-#          --only=ID,... / --skip=ID,... (stage ids or groups, see STAGES below: e.g.
-#          --skip=configure,build --only=peers reruns the PyTorch peers on an existing build)
-#          --cap=ID:SECONDS (another timeout for one stage; repeatable)
-#          --no_prewarm (do not warm torch.compile's cache in the background during the build)
-#          --prepare [--no_verify] [--verify_build=DIR (default /tmp/gpucheck-build)]
-# Exit status: 0 when every stage passed; 1 when one failed, timed out or was skipped; 2 when it
-# could not start: no GPU (one line), bad arguments. GPU_CHECK_ASSUME_GPU=1 skips the GPU probe and
-# GPU_CHECK_SYSROOT moves the private prefix (both for its tests, tests/launch/).
+# Rerun: the build folder keeps the last run's results and logs (<build>/gpu_check/). Run again with
+# the same --build (the default build-gpu is kept between calls on a warm machine) and the stages
+# that passed on the same sources are not run again: configure is skipped, the build is
+# incremental (a no-op when nothing changed), and the earlier figures appear in the new table,
+# marked with their run's date. A stage that timed out gets twice its cap. Changed sources or
+# --force run every stage again; --only=ID,... runs those again.
+#
+# Options: --out=DIR  --build=DIR (default build-gpu)  --budget=SECONDS  --jobs=N (default: every
+#          core)  --python=PATH (the python with torch; default: the first of python3,
+#          /opt/torch/.venv/bin/python3, .venv/bin/python that imports torch)
+#          --only=ID,... / --skip=ID,... (stage ids or groups, see STAGES below: e.g. --only=peers)
+#          --cap=ID:SECONDS (another timeout for one stage; repeatable)  --force (ignore the rerun
+#          state)  --dry_run  --prepare [--no_verify] [--verify_build=DIR (default /tmp/gpucheck-build)]
+# Exit status: 0 when every stage passed (now or, on a rerun, before); 1 when one failed, timed out
+# or was skipped; 2 when it could not start: no GPU (one line), bad arguments. For its tests
+# (tests/launch/): GPU_CHECK_ASSUME_GPU=1 skips the GPU probe, GPU_CHECK_SYSROOT moves the private
+# prefix, GPU_CHECK_SOURCES names the tree whose files make the rerun's source stamp.
 set -u
 
+T_START=$(printf '%(%s)T' -1)   # the budget counts from here: the GPU probe and set-up included
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEBS="$ROOT/.gpu-debs"
 REPORT="$ROOT/launch/gpu_check_report.py"
 # What the build needs (CMakeLists.txt, src/*/CMakeLists.txt) that the GPU machine (Ubuntu 24.04)
-# lacks: gflags, glog (+ libunwind), SentencePiece, nlohmann-json, xxHash; and pkgconf, used only
-# where the machine has no pkg-config. Debian 12's libraries need glibc 2.36; Ubuntu 24.04 has 2.39.
+# lacks: gflags, glog (+ libunwind), SentencePiece, nlohmann-json, xxHash; pkgconf, used only where
+# the machine has no pkg-config; ninja, used only where it has none (Ninja compiles a library's
+# dependents while it links; Makefiles wait). Debian 12's need glibc 2.36; Ubuntu 24.04 has 2.39.
 DEB_PACKAGES=(libgflags-dev libgflags2.2 libgoogle-glog-dev libgoogle-glog0v6 libunwind8
   libunwind-dev libsentencepiece-dev libsentencepiece0 nlohmann-json3-dev libxxhash-dev libxxhash0
-  pkgconf-bin libpkgconf3)
+  pkgconf-bin libpkgconf3 ninja-build)
 DEBS_LIMIT_MB=64
 MULTIARCH=x86_64-linux-gnu
 
-MODE=check OUT_DIR="" BUILD="$ROOT/build-gpu" BUDGET=525 JOBS="" PY="" ONLY="" SKIP=""
-PREWARM=1 VERIFY=1 VERIFY_BUILD=/tmp/gpucheck-build CAPS=","
+MODE=check OUT_DIR="" BUILD="$ROOT/build-gpu" BUDGET=360 JOBS="" PY="" ONLY="" SKIP=""
+VERIFY=1 VERIFY_BUILD=/tmp/gpucheck-build CAPS="," FORCE=0
 usage() { sed -n '2,/^set -u/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 for arg in "$@"; do
   case "$arg" in
     --prepare) MODE=prepare ;;
+    --dry_run|--dry-run) MODE=dry_run ;;
     --no_verify|--no-verify) VERIFY=0 ;;
     --verify_build=*) VERIFY_BUILD="${arg#*=}" ;;
     --out=*) OUT_DIR="${arg#*=}" ;;
@@ -65,7 +79,7 @@ for arg in "$@"; do
     --python=*) PY="${arg#*=}" ;;
     --only=*) ONLY=",${arg#*=}," ;;
     --skip=*) SKIP=",${arg#*=}," ;;
-    --no_prewarm|--no-prewarm) PREWARM=0 ;;
+    --force) FORCE=1 ;;
     --cap=*:*) CAPS="$CAPS${arg#*=}," ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu_check: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
@@ -73,17 +87,31 @@ for arg in "$@"; do
 done
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check: --budget must be whole seconds" >&2; exit 2 ;; esac
 [ -n "$JOBS" ] || JOBS="$(nproc)"
+case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
+STATE="$BUILD/gpu_check"   # the rerun state: the last run's results.json and logs
 
-# ---- helpers shared by both modes -------------------------------------------------------------------
+# ---- helpers shared by every mode -----------------------------------------------------------------
+
+# probe_torch PYTHON: torch's facts from one interpreter start (an import of torch costs seconds).
+probe_torch() {
+  timeout 120 "$1" -c 'import torch
+print("torch", torch.__version__, torch.version.cuda)
+print("prefix", torch.utils.cmake_prefix_path)
+ok = torch.cuda.is_available()
+print("cuda_available", int(ok))
+print("device", torch.cuda.get_device_name(0) if ok else "none")' 2>/dev/null
+}
+probe_value() { sed -n "s/^$1 //p" <<< "$PROBE" | head -1; }
 
 # The first python3 that imports torch: --python, $SAMOUT_PYTHON, python3 on PATH, the GPU
-# machine's /opt/torch/.venv, the project's .venv.
+# machine's /opt/torch/.venv, the project's .venv. Sets FOUND_PY and PROBE (probe_torch's lines).
 find_python() {
   local c
   for c in "$PY" "${SAMOUT_PYTHON:-}" "$(command -v python3 2>/dev/null)" /opt/torch/.venv/bin/python3 \
            "$ROOT/.venv/bin/python"; do
     [ -n "$c" ] && [ -x "$c" ] || continue
-    if timeout 120 "$c" -c "import torch" >/dev/null 2>&1; then echo "$c"; return 0; fi
+    PROBE="$(probe_torch "$c")"
+    if [ -n "$(probe_value prefix)" ]; then FOUND_PY="$c"; return 0; fi
   done
   return 1
 }
@@ -117,11 +145,22 @@ sysroot_env() {
   fi
 }
 
-# configure_cmd BUILD SYSROOT PYTHON [ARCH]: sets CONFIGURE_CMD, the one configure command of both modes.
+# ninja_for SYSROOT: the machine's ninja, else the one from .gpu-debs; nothing when neither.
+ninja_for() {
+  command -v ninja 2>/dev/null && return 0
+  [ -x "$1/usr/bin/ninja" ] && echo "$1/usr/bin/ninja"
+  return 0
+}
+
+# configure_cmd BUILD SYSROOT PYTHON [ARCH]: sets CONFIGURE_CMD, the one configure command of both
+# modes. Needs PROBE from find_python for PYTHON.
 configure_cmd() {
-  local build="$1" sys="$2" py="$3" arch="${4:-90}" tp gen=()
-  tp="$(timeout 120 "$py" -c "import torch;print(torch.utils.cmake_prefix_path)" 2>/dev/null)" || return 1
-  if [ ! -f "$build/CMakeCache.txt" ] && command -v ninja >/dev/null 2>&1; then gen=(-G Ninja); fi
+  local build="$1" sys="$2" py="$3" arch="${4:-90}" tp ninja gen=()
+  tp="$(probe_value prefix)"
+  [ -n "$tp" ] || return 1
+  ninja="$(ninja_for "$sys")"
+  # The generator is fixed at the first configure of a folder.
+  if [ ! -f "$build/CMakeCache.txt" ] && [ -n "$ninja" ]; then gen=(-G Ninja -DCMAKE_MAKE_PROGRAM="$ninja"); fi
   # SAMOUT_CUDA_WERROR=OFF: CI already fails on a register spill or a host-code warning (same
   # nvcc); here another gcc's new warning in a torch header must not cost the GPU minutes.
   CONFIGURE_CMD=(cmake -S "$ROOT" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release
@@ -192,7 +231,8 @@ if [ "$MODE" = prepare ]; then
   if [ "$VERIFY" = 1 ]; then
     # The GPU machine's recipe, here: unpack into a fresh prefix and configure a scratch build
     # against it; the cache must point into the prefix for every package that machine lacks.
-    vpy="$(find_python)" || { echo "gpu_check --prepare: no python with torch here: configure not checked" >&2; exit 0; }
+    find_python || { echo "gpu_check --prepare: no python with torch here: configure not checked" >&2; exit 0; }
+    vpy="$FOUND_PY"
     sys="$tmp/sysroot"
     unpack_sysroot "$sys" || exit 1
     sysroot_env "$sys"
@@ -211,24 +251,186 @@ if [ "$MODE" = prepare ]; then
   exit 0
 fi
 
+# ---- the plan ---------------------------------------------------------------------------------------
+# The card's architecture for nvcc (9.0 -> 90; H100 and H200 are sm_90).
+detect_arch() {
+  ARCH="${GPU_CHECK_CUDA_ARCH:-}"
+  if [ -z "$ARCH" ] && command -v nvidia-smi >/dev/null 2>&1; then
+    ARCH="$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader -i 0 2>/dev/null | tr -d ' .')"
+  fi
+  case "$ARCH" in ''|*[!0-9]*) ARCH=90 ;; esac
+}
+
+# Stages, in the order they run: id|title|cap seconds|floor seconds|targets it needs built. A stage's
+# timeout is its cap, cut so that every later stage can still have its floor; a stage left less
+# than its floor is skipped. The caps and SETUP_S sum to the default budget, 360 s.
+SETUP_S=10   # GPU probe, machine facts, .gpu-debs unpacked: before the first stage
+define_stages() {
+  STAGES=(
+    "configure|configure (cmake, Release, sm_$ARCH)|30|15|"
+    "build|build (the stages' targets only)|90|45|"
+    "train_32x1024_bf16|1 samout train B=32 T=1024 bf16|15|8|samout_ddp"
+    "train_32x49_fp32|1 samout train B=32 T=49 fp32|12|6|samout_ddp"
+    "train_4x8192_bf16|1 samout train B=4 T=8192 bf16|15|8|samout_ddp"
+    "decode|2 samout decode batch 1, CUDA graph|12|6|bench_generate"
+    "opbench|3 bench_cummax_gate (CUDA)|15|8|bench_cummax_gate"
+    "peer_32x1024_bf16|4 PyTorch B=32 T=1024 bf16 eager, fused Adam|15|8|"
+    "peer_32x49_compile|4 PyTorch B=32 T=49 fp32 torch.compile reduce-overhead, fused Adam|40|20|"
+    "peer_4x8192_bf16|4 PyTorch B=4 T=8192 bf16 eager, fused Adam; eager stateful decode|18|10|"
+    "gpu_ctest|5 ctest -L gpu (without 7 and 8)|35|20|samout_ops cummax_gate_cuda_test generate_cuda_test samout_ddp samout_prep"
+    "memcheck|6 compute-sanitizer memcheck, cummax_gate CUDA cases|20|10|cummax_gate_cuda_test"
+    "sync_free|7 training under sync-debug=error|12|8|samout_ddp"
+    "mpi_two_ranks|8 2 ranks --comm=mpi on 1 GPU vs 1 rank|21|10|samout_ddp"
+  )
+}
+# The op cases memcheck runs: ties and the carried state, and forward and backward in every dtype
+# (each its own translation unit) on a strided input with NaN and partial blocks (B*d = 134) and
+# on several blocks (B*d = 1200).
+MEMCHECK_FILTER='CummaxGateCuda.TiesSendGradientToTheLatestPosition:CummaxGateCuda.StateCarriesTheRunningMax'
+MEMCHECK_FILTER+=':Sizes/CummaxGateCudaVsCpu.*/B2_T33_d67_state_strided_nan_*:Sizes/CummaxGateCudaVsCpu.*/B4_T50_d300_state_*'
+
+field() { local IFS='|' parts; read -r -a parts <<< "$1"; echo "${parts[$(($2 - 1))]:-}"; }
+stage_line() { local s; for s in "${STAGES[@]}"; do [ "${s%%|*}" = "$1" ] && { echo "$s"; return; }; done; }
+title_of() { field "$(stage_line "$1")" 2; }
+
+# --only/--skip take ids or their groups (the id up to its first '_'): train, peer(s), gpu, ...
+in_list() { [[ "$1" == *",$2,"* || "$1" == *",${2%%_*},"* || "$1" == *",${2%%_*}s,"* ]]; }
+# The earlier run's status of each stage (rerun), when it ran on the same sources.
+declare -A PRIOR=()
+PRIOR_STATE=none PRIOR_DATE=""
+load_prior() {
+  local lines id st
+  [ "$FORCE" = 1 ] || [ ! -f "$STATE/results.json" ] || [ -z "$RPY" ] && return 0
+  if lines="$("$RPY" "$REPORT" --out "$STATE" prior --sources "$STAMP" 2>/dev/null)"; then
+    PRIOR_STATE=same
+    while read -r id st; do [ -n "$id" ] && PRIOR[$id]=$st; done <<< "$lines"
+    PRIOR_DATE="$("$RPY" -c 'import json,sys;print(json.load(open(sys.argv[1]))["meta"].get("date",""))' \
+      "$STATE/results.json" 2>/dev/null)"
+  else
+    PRIOR_STATE=changed
+  fi
+}
+# Everything the tests and benchmarks read, and the architecture: another stamp, another run.
+source_stamp() {
+  (cd "${GPU_CHECK_SOURCES:-$ROOT}" && { echo "sm_$ARCH"; find CMakeLists.txt cmake src include tests bench configs -type f \
+    ! -name '*.pyc' -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
+}
+# carried ID: passed in the earlier run and not asked for again. The build is never carried while
+# a stage needs a target: it runs, incrementally (a no-op when nothing changed).
+carried() {
+  [ "${PRIOR[$1]:-}" = pass ] || return 1
+  [ -n "$ONLY" ] && in_list "$ONLY" "$1" && return 1
+  case "$1" in
+    build) [ -z "$TARGETS" ] ;;
+    configure) [ -f "$BUILD/CMakeCache.txt" ] ;;
+    *) return 0 ;;
+  esac
+}
+# selected ID: chosen by --only/--skip; configure and build come with any stage that needs a target.
+selected() {
+  local id="$1"
+  if [ -n "$ONLY" ] && ! in_list "$ONLY" "$id"; then
+    case "$id" in configure|build) ;; *) return 1 ;; esac
+  fi
+  [ -n "$SKIP" ] && in_list "$SKIP" "$id" && return 1
+  case "$id" in
+    configure|build) [ -n "$TARGETS" ] || carried "$id" || { [ -n "$ONLY" ] && in_list "$ONLY" "$id"; } ;;
+  esac
+}
+wanted() { selected "$1" && ! carried "$1"; }
+# The targets of the stages that will run (with "all": of every stage), each once, in stage order.
+needed_targets() {
+  local s id t out=" "
+  for s in "${STAGES[@]}"; do
+    id="${s%%|*}"
+    case "$id" in configure|build) continue ;; esac
+    [ "${1:-}" = all ] || wanted "$id" || continue
+    for t in $(field "$s" 5); do [[ "$out" == *" $t "* ]] || out="$out$t "; done
+  done
+  out="${out# }"; echo "${out% }"
+}
+# The cap: --cap, else the table's, twice that for a stage that timed out in the earlier run.
+cap_of() {
+  local c
+  if [[ "$CAPS" == *",$1:"* ]]; then c="${CAPS#*,"$1":}"; echo "${c%%,*}"; return; fi
+  c="$(field "$(stage_line "$1")" 3)"
+  [ "${PRIOR[$1]:-}" = timeout ] && c=$((2 * c))
+  echo "$c"
+}
+floor_of() { local f c; f="$(field "$(stage_line "$1")" 4)"; c="$(cap_of "$1")"; echo $((c < f ? c : f)); }
+
+# Reads the rerun state and settles what runs: PRIOR, TARGETS.
+settle_plan() {
+  define_stages
+  STAMP="$(source_stamp)"
+  load_prior
+  TARGETS=""
+  TARGETS="$(needed_targets)"
+  # --only=build alone: every stage's targets.
+  [ -n "$TARGETS" ] || ! wanted build || TARGETS="$(needed_targets all)"
+}
+
+print_plan() {
+  local s id cap total=$SETUP_S gen
+  gen="Unix Makefiles (no ninja)"
+  if [ -f "$BUILD/CMakeCache.txt" ]; then
+    gen="$(sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$BUILD/CMakeCache.txt") (configured already)"
+  elif command -v ninja >/dev/null 2>&1; then gen="Ninja ($(command -v ninja))"
+  elif compgen -G "$DEBS/ninja-build_*.deb" >/dev/null; then gen="Ninja (from .gpu-debs)"
+  fi
+  echo "gpu_check plan (--dry_run: nothing run, nothing written)"
+  echo "  build folder: $BUILD; generator: $gen; sm_$ARCH"
+  case "$PRIOR_STATE" in
+    same) echo "  rerun: the earlier run there (${PRIOR_DATE:-?}) ran on these sources: what passed is not run again" ;;
+    changed) echo "  rerun: the earlier run there ran on other sources: every stage runs again" ;;
+  esac
+  printf '  %-20s %6s  %s\n' stage cap what
+  printf '  %-20s %4d s  %s\n' setup "$SETUP_S" "GPU probe, machine facts, .gpu-debs unpacked"
+  for s in "${STAGES[@]}"; do
+    id="${s%%|*}"
+    selected "$id" || continue
+    if carried "$id"; then
+      printf '  %-20s %6s  %s\n' "$id" carried "$(field "$s" 2) (passed in the earlier run)"
+      continue
+    fi
+    cap="$(cap_of "$id")"
+    total=$((total + cap))
+    printf '  %-20s %4d s  %s\n' "$id" "$cap" "$(field "$s" 2)"
+  done
+  echo "  targets: ${TARGETS:-(none)}"
+  [ -n "$TARGETS" ] && echo "  build: cmake --build $BUILD -j<every core> --target $TARGETS"
+  echo "  total $total s (budget $BUDGET s)$([ "$total" -gt "$BUDGET" ] && echo ": OVER, later stages will be cut")"
+}
+
+if [ "$MODE" = dry_run ]; then
+  RPY="$(command -v python3 2>/dev/null)"
+  detect_arch
+  settle_plan
+  print_plan
+  exit 0
+fi
+
 # ---- on the GPU machine: is there a GPU? -----------------------------------------------------------------
 no_gpu() {
   echo "gpu_check: no NVIDIA GPU on this machine ($1); run it on a GPU machine, or use --prepare here" >&2
   exit 2
 }
+PROBE=""
 if [ "${GPU_CHECK_ASSUME_GPU:-0}" = 1 ]; then
-  [ -n "$PY" ] || PY="$(find_python)" || { echo "gpu_check: no python3 with torch (--python=)" >&2; exit 2; }
+  find_python || { echo "gpu_check: no python3 with torch (--python=)" >&2; exit 2; }
+  PY="$FOUND_PY"
 else
   command -v nvidia-smi >/dev/null 2>&1 || no_gpu "nvidia-smi not found"
   GPU_LINES="$(timeout 60 nvidia-smi -L 2>/dev/null | grep -E '^GPU [0-9]+:')"
   [ -n "$GPU_LINES" ] || no_gpu "nvidia-smi found none"
-  PY="$(find_python)" || no_gpu "no python3 with torch to check CUDA from; give one with --python="
-  timeout 120 "$PY" -c "import sys,torch; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 ||
+  find_python || no_gpu "no python3 with torch to check CUDA from; give one with --python="
+  PY="$FOUND_PY"
+  [ "$(probe_value cuda_available)" = 1 ] ||
     no_gpu "nvidia-smi lists one but torch.cuda.is_available() is False in $PY"
 fi
 
 # ---- set-up ---------------------------------------------------------------------------------------------
-T_START=$(date +%s)
+now() { printf '%(%s)T' -1; }
 DEADLINE=$((T_START + BUDGET))
 if [ -z "$OUT_DIR" ]; then
   if [ -n "${OUT:-}" ]; then OUT_DIR="$OUT"; else OUT_DIR="$ROOT/runs/gpu_check-$(date +%Y%m%d-%H%M%S)"; fi
@@ -243,92 +445,69 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="/usr/local/cuda/bin:$PATH"
 fi
 cd "$ROOT" || exit 2
-# The card's architecture for nvcc (9.0 -> 90; the H200 is sm_90).
-ARCH="${GPU_CHECK_CUDA_ARCH:-$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader -i 0 2>/dev/null | tr -d ' .')}"
-case "$ARCH" in ''|*[!0-9]*) ARCH=90 ;; esac
+detect_arch
+settle_plan
 
-# Stages: id|title|cap seconds|floor seconds. A stage's timeout is its cap, cut so that every later
-# stage can still have its floor; a stage left less than its floor is skipped.
-STAGES=(
-  "configure|configure (cmake, Release, sm_$ARCH)|150|15"
-  "build|build|360|60"
-  "gpu_ctest|1 ctest -L gpu|180|20"
-  "memcheck|2 compute-sanitizer memcheck, op tests|150|20"
-  "sync_free|3 training under sync-debug=error|120|15"
-  "mpi_two_ranks|4 2 ranks --comm=mpi on 1 GPU vs 1 rank|150|15"
-  "train_32x1024_bf16|5 samout train B=32 T=1024 bf16|90|15"
-  "train_32x49_fp32|5 samout train B=32 T=49 fp32|90|10"
-  "train_4x8192_bf16|5 samout train B=4 T=8192 bf16|90|10"
-  "decode|6 samout decode batch 1, CUDA graph|90|10"
-  "opbench|7 bench_cummax_gate (CUDA)|120|15"
-  "peer_32x1024_fp32|8 PyTorch B=32 T=1024 fp32 eager|90|15"
-  "peer_32x1024_bf16|8 PyTorch B=32 T=1024 bf16 eager, fused Adam|90|15"
-  "peer_32x49_fp32|8 PyTorch B=32 T=49 fp32 eager + decode|90|15"
-  "peer_32x49_compile|8 PyTorch B=32 T=49 fp32 compile reduce-overhead, fused Adam|240|45"
-  "peer_4x8192_bf16|8 PyTorch B=4 T=8192 bf16 eager, fused Adam|90|15"
-)
-# --only/--skip take ids or their prefixes' groups: train, peer, ...
-wanted() {
-  local id="$1" group="${1%%_*}"
-  if [ -n "$ONLY" ] && [[ "$ONLY" != *",$id,"* && "$ONLY" != *",$group,"* && "$ONLY" != *",${group}s,"* ]]; then
-    case "$id" in configure|build) ;; *) return 1 ;; esac
-  fi
-  [[ -n "$SKIP" && ( "$SKIP" == *",$id,"* || "$SKIP" == *",$group,"* || "$SKIP" == *",${group}s,"* ) ]] && return 1
-  return 0
-}
-field() { local IFS='|' parts; read -r -a parts <<< "$1"; echo "${parts[$(($2 - 1))]}"; }
-stage_line() { local s; for s in "${STAGES[@]}"; do [ "$(field "$s" 1)" = "$1" ] && { echo "$s"; return; }; done; }
-title_of() { field "$(stage_line "$1")" 2; }
+report() { "$RPY" "$REPORT" --out "$OUT_DIR" --state "$STATE" "$@"; }
 
-report() { "$RPY" "$REPORT" --out "$OUT_DIR" "$@"; }
-
-# timeout_for ID [ONLY_LATER_IDS_MATCHING]: seconds stage ID may take now.
+# timeout_for ID: seconds stage ID may take now (its cap, less the floors of the stages after it).
 timeout_for() {
-  local id="$1" pattern="${2:-}" after=0 reserve=0 s sid cap now left
+  local id="$1" after=0 reserve=0 s sid cap now left
   for s in "${STAGES[@]}"; do
-    sid="$(field "$s" 1)"
-    # shellcheck disable=SC2053  # $pattern is a glob on purpose
-    if [ "$after" = 1 ] && wanted "$sid" && [[ -z "$pattern" || "$sid" == $pattern ]]; then
-      reserve=$((reserve + $(field "$s" 4)))
-    fi
+    sid="${s%%|*}"
+    if [ "$after" = 1 ] && wanted "$sid"; then reserve=$((reserve + $(floor_of "$sid"))); fi
     [ "$sid" = "$id" ] && { after=1; cap="$(cap_of "$id")"; }
   done
-  now=$(date +%s)
+  now=$(now)
   left=$((DEADLINE - now - reserve))
   [ "$left" -lt "$cap" ] && cap=$left
   echo "$cap"
 }
-cap_of() {
-  if [[ "$CAPS" == *",$1:"* ]]; then local c="${CAPS#*,"$1":}"; echo "${c%%,*}"; else field "$(stage_line "$1")" 3; fi
-}
-floor_of() { local f c; f="$(field "$(stage_line "$1")" 4)"; c="$(cap_of "$1")"; echo $((c < f ? c : f)); }
 
 # run_stage ID LOG CMD...: runs CMD under its timeout, output into LOG. Sets STATUS and SECS.
 # Returns 1 (and records the stage as skipped) when it does not fit in the time left.
 run_stage() {
   local id="$1" log="$2" t rc t0; shift 2
-  t="$(timeout_for "$id" "${RESERVE_PATTERN:-}")"
+  t="$(timeout_for "$id")"
+  STATUS=skipped SECS=0
   if [ "$t" -lt "$(floor_of "$id")" ]; then
     report stage "$id" --title "$(title_of "$id")" --status skipped --note "out of time (${t}s left for it)"
     return 1
   fi
   echo "gpu_check: -- $(title_of "$id") (timeout ${t}s; log ${log#"$OUT_DIR"/})"
-  t0=$(date +%s)
-  timeout -k 10 "$t" "$@" >"$log" 2>&1
+  t0=$(now)
+  timeout -k 5 "$t" "$@" >"$log" 2>&1
   rc=$?
-  SECS=$(( $(date +%s) - t0 ))
+  SECS=$(( $(now) - t0 ))
   case $rc in
     0) STATUS=pass ;;
     124|137) STATUS=timeout ;;
     *) STATUS=fail ;;
   esac
-  if [ "$STATUS" != pass ]; then
+  # configure and build say why in the one line that stops the run (stop_run).
+  if [ "$STATUS" != pass ] && [ "$id" != configure ] && [ "$id" != build ]; then
     echo "gpu_check:    exit $rc after ${SECS}s; last lines of the log:"
     tail -n 15 "$log" | sed 's/^/    | /'
   fi
   return 0
 }
 skip_stage() { report stage "$1" --title "$(title_of "$1")" --status skipped --note "$2"; }
+
+# stop_run ID: a configure or build that did not pass ends the run, with one line (results.md,
+# rewritten by its report, says the same); nothing after it would have what it needs.
+stop_run() {
+  local id="$1" why first
+  case "$STATUS" in
+    timeout) why="timed out after ${SECS} s" ;;
+    skipped) why="did not fit in the time left" ;;
+    *) why="failed after ${SECS} s" ;;
+  esac
+  first="$(grep -m1 -E 'error:|CMake Error|undefined reference' "$LOGS/$id.log" 2>/dev/null |
+           sed "s#$ROOT/##g" | cut -c1-160)"
+  report meta "wall_s=$(( $(now) - T_START ))" >/dev/null
+  echo "gpu_check: $id $why (see logs/$id.log${first:+; first error: $first}); stopping"
+  exit 1
+}
 
 # nvidia-smi's memory.used every 200 ms while a run lasts (MiB, one a line).
 SAMPLER=""
@@ -338,18 +517,13 @@ sampler_start() {
   SAMPLER=$!
 }
 sampler_stop() { [ -n "$SAMPLER" ] && { kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; }; SAMPLER=""; }
-PREWARM_PID=""
-cleanup() {
-  sampler_stop
-  [ -n "$PREWARM_PID" ] && kill -- -"$PREWARM_PID" 2>/dev/null
-}
-trap cleanup EXIT
+trap sampler_stop EXIT
 trap 'echo "gpu_check: interrupted"; exit 130' INT TERM
 
 # ---- machine facts -----------------------------------------------------------------------------------
 {
   echo "## nvidia-smi"; timeout 30 nvidia-smi
-  echo "## torch"; timeout 60 "$PY" -c "import torch;print('torch', torch.__version__, torch.version.cuda, flush=True);print('device', torch.cuda.get_device_name(0))"
+  echo "## torch ($PY)"; echo "$PROBE"
   echo "## nvcc"; timeout 30 nvcc --version
   echo "## cmake"; cmake --version | head -1
   echo "## compute-sanitizer"; command -v compute-sanitizer && timeout 30 compute-sanitizer --version | tail -1
@@ -361,33 +535,36 @@ trap 'echo "gpu_check: interrupted"; exit 130' INT TERM
 } > "$LOGS/env.log" 2>&1
 IFS=, read -r CARD DRIVER MEMTOTAL < <(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total \
   --format=csv,noheader -i 0 2>/dev/null)
-TORCH_INFO="$(grep -m1 '^torch ' "$LOGS/env.log" | awk '{print $2, $3}')"
+TORCH_INFO="$(probe_value torch)"
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
 if [ -n "$COMMIT" ]; then
   [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | head -1)" ] && COMMIT="$COMMIT (with uncommitted changes)"
 else
   COMMIT="unknown (no .git); prepared at: $(head -1 "$DEBS/MANIFEST.txt" 2>/dev/null | sed 's/.*commit //')"
 fi
-plan=()
-for s in "${STAGES[@]}"; do wanted "$(field "$s" 1)" && plan+=(--plan "$(field "$s" 1)=$(field "$s" 2)"); done
-report init "${plan[@]}" "card=${CARD:-unknown}" "driver=${DRIVER# }" "memory=${MEMTOTAL# }" \
+plan=() carry=() carried_ids=()
+for s in "${STAGES[@]}"; do
+  id="${s%%|*}"
+  selected "$id" || continue
+  plan+=(--plan "$id=$(field "$s" 2)")
+  carried "$id" && { carry+=(--carry "$id"); carried_ids+=("$id"); }
+done
+[ ${#carry[@]} -gt 0 ] && carry+=(--carry_from "$STATE/results.json")
+report init "${plan[@]}" "${carry[@]}" "card=${CARD:-unknown}" "driver=${DRIVER# }" "memory=${MEMTOTAL# }" \
   "torch=${TORCH_INFO% *}" "cuda=${TORCH_INFO##* }" "python=$PY" \
   "nvcc=$(nvcc --version 2>/dev/null | grep -o 'V[0-9.]*' | tail -1)" \
   "cmake=$(cmake --version | head -1 | awk '{print $3}')" "commit=$COMMIT" "host=$(hostname)" \
-  "budget_s=$BUDGET" "build_dir=$BUILD" "jobs=$JOBS" "cuda_arch=sm_$ARCH" >/dev/null
+  "budget_s=$BUDGET" "build_dir=$BUILD" "jobs=$JOBS" "cuda_arch=sm_$ARCH" "sources=$STAMP" \
+  "targets=${TARGETS:-none}" ${PRIOR_DATE:+"rerun_of=$PRIOR_DATE"} >/dev/null || exit 2
 echo "gpu_check: ${CARD:-?} (driver ${DRIVER# }), torch ${TORCH_INFO}, $(nproc) cores; results in $OUT_DIR; budget ${BUDGET}s"
-
-# ---- torch.compile warm-up, overlapping the build ------------------------------------------------------
-# Inductor and AOTAutograd cache their output on disk (/tmp/torchinductor_*): the measured compile
-# run of stage 8 then mostly re-traces. Only its cache is kept; its figures are not used.
-PEER=(bench/train/pytorch_seed_loop.py --device=cuda)
-if [ "$PREWARM" = 1 ] && wanted peer_32x49_compile; then
-  setsid timeout -k 5 300 "$PY" "${PEER[@]}" --batch_size=32 --seq_len=49 --compile=reduce-overhead \
-    --fused_adam --steps=2 --warmup=3 >"$LOGS/peer_compile_prewarm.log" 2>&1 &
-  PREWARM_PID=$!
-fi
+case "$PRIOR_STATE" in
+  same) [ ${#carried_ids[@]} -gt 0 ] && echo "gpu_check: rerun in $BUILD: passed on $PRIOR_DATE," \
+          "not run again (--force runs them): ${carried_ids[*]}" ;;
+  changed) echo "gpu_check: the sources changed since the run kept in $BUILD: every stage runs again" ;;
+esac
 
 # ---- the missing Debian packages, unpacked into a private prefix ---------------------------------------
+# Also on a rerun: the programs load gflags, glog and SentencePiece from it.
 SYSROOT="${GPU_CHECK_SYSROOT:-/tmp/samout-gpu-sysroot}"
 PKGCONF_ARGS=()
 if compgen -G "$DEBS/*.deb" >/dev/null; then
@@ -397,62 +574,125 @@ else
        "using the system's gflags, glog, SentencePiece, nlohmann-json, xxHash"
   SYSROOT=/nonexistent
 fi
-# The sample corpus (for the GPU training tests' fixture): made from fortune packages this machine
+# The sample corpus (for the training tests' fixture): made from fortune packages this machine
 # lacks, so --prepare brought a copy; then ctest must not try to remake it.
 CTEST_FIXTURE=()
 if [ ! -f /usr/share/games/fortunes/fortunes ]; then
   if [ ! -f data/sample/tokenizer.model ] && [ -f "$DEBS/sample/tokenizer.model" ]; then
     mkdir -p data/sample && cp -p "$DEBS"/sample/* "$DEBS"/sample/.inputs.sha256 data/sample/ 2>/dev/null
   fi
-  if [ -f data/sample/tokenizer.model ]; then
-    CTEST_FIXTURE=(-FS sample_corpus)
-  else
-    echo "gpu_check: warning: no fortune packages and no sample corpus (.gpu-debs/sample, from --prepare):" \
-         "the GPU training tests will fail on their fixture"
-  fi
+  [ -f data/sample/tokenizer.model ] && CTEST_FIXTURE=(-FS sample_corpus)
 fi
 
-# ---- configure and build ---------------------------------------------------------------------------------
-BUILT=0
-if ! wanted configure; then
-  [ -f "$BUILD/CMakeCache.txt" ] || echo "gpu_check: warning: --skip=configure but $BUILD is not configured"
-elif ! configure_cmd "$BUILD" "$SYSROOT" "$PY" "$ARCH"; then
-  report stage configure --title "$(title_of configure)" --status fail --note "$PY gave no torch CMake prefix"
-elif run_stage configure "$LOGS/configure.log" "${CONFIGURE_CMD[@]}"; then
-  report stage configure --title "$(title_of configure)" --status "$STATUS" --seconds "$SECS" \
-    --log "$LOGS/configure.log" --summary "$(grep -E 'samout: CUDA' "$LOGS/configure.log" | tail -1 | sed 's/^-- //')"
-fi
-if ! wanted build; then
-  BUILT=1
-elif [ -f "$BUILD/CMakeCache.txt" ] && [ "${STATUS:-pass}" = pass ]; then
-  keep_going=(-k)
-  grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$BUILD/CMakeCache.txt" && keep_going=(-k 0)
-  # A failed build leaves the PyTorch peers to run: reserve only their floors.
-  if RESERVE_PATTERN='peer_*' run_stage build "$LOGS/build.log" cmake --build "$BUILD" -j"$JOBS" -- "${keep_going[@]}"; then
-    [ "$STATUS" = pass ] && BUILT=1
-    note=()
-    [ "$STATUS" = pass ] || note=(--note "$(grep -cE 'error:|Error [0-9]' "$LOGS/build.log") error lines in the log")
-    report stage build --title "$(title_of build)" --status "$STATUS" --seconds "$SECS" \
-      --log "$LOGS/build.log" --summary "make -j$JOBS, $(ls "$BUILD/bin" 2>/dev/null | wc -l) programs" "${note[@]}"
+# ---- configure and build: only the targets the stages use; a failure stops the run -------------------
+if wanted configure; then
+  if ! configure_cmd "$BUILD" "$SYSROOT" "$PY" "$ARCH"; then
+    STATUS=fail SECS=0
+    echo "$PY gave no torch CMake prefix" > "$LOGS/configure.log"
+    report stage configure --title "$(title_of configure)" --status fail --log "$LOGS/configure.log" \
+      --note "$PY gave no torch CMake prefix" >/dev/null
+    stop_run configure
   fi
-else
-  skip_stage build "not configured"
+  run_stage configure "$LOGS/configure.log" "${CONFIGURE_CMD[@]}" || stop_run configure
+  line="$(report stage configure --title "$(title_of configure)" --status "$STATUS" --seconds "$SECS" \
+    --log "$LOGS/configure.log" --summary "$(grep -E 'samout: CUDA' "$LOGS/configure.log" | tail -1 | sed 's/^-- //')")"
+  [ "$STATUS" = pass ] || stop_run configure
+  echo "$line"
+elif ! selected configure && [ -n "$TARGETS" ] && [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  echo "gpu_check: warning: --skip=configure but $BUILD is not configured"
+fi
+if wanted build; then
+  keep_going=(-k)   # every error in one log, and a rerun has less left to compile
+  grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$BUILD/CMakeCache.txt" 2>/dev/null && keep_going=(-k 0)
+  # shellcheck disable=SC2086  # TARGETS is a list of names
+  run_stage build "$LOGS/build.log" cmake --build "$BUILD" -j"$JOBS" --target $TARGETS -- "${keep_going[@]}" ||
+    stop_run build
+  note=()
+  [ "$STATUS" = pass ] || note=(--note "$(grep -cE 'error:|Error [0-9]' "$LOGS/build.log") error lines in the log")
+  line="$(report stage build --title "$(title_of build)" --status "$STATUS" --seconds "$SECS" \
+    --log "$LOGS/build.log" --summary "-j$JOBS: $TARGETS" "${note[@]}")"
+  [ "$STATUS" = pass ] || stop_run build
+  echo "$line"
 fi
 BIN="$BUILD/bin"
 have() { [ -x "$BIN/$1" ]; }
 need_build() { # need_build ID PROGRAM: false (and recorded) when the program is not built
   if ! have "$2"; then skip_stage "$1" "$2 not built"; return 1; fi
-  [ "$BUILT" = 1 ] || echo "gpu_check: note: the build failed; $1 uses the $2 that exists"
   return 0
 }
 
-# ---- 1-4: correctness on the GPU ---------------------------------------------------------------------------
+# ---- 1: samout training tokens/s, the seed model -----------------------------------------------------
+# configs/seed.flags (V=8460, d=512, L=8, h=8, Adam 1e-3), random tokens; tokens/s is the median of
+# the logged windows after the first two (warm-up).
+train_run() { # ID B T PRECISION STEPS LOG_EVERY
+  local id="$1" b="$2" t="$3" prec="$4" steps="$5" every="$6" m="$LOGS/$1.jsonl"
+  wanted "$id" || return 0
+  need_build "$id" samout_ddp || return 0
+  rm -f "$m"
+  sampler_start "$LOGS/$id.mem"
+  run_stage "$id" "$LOGS/$id.log" "$BIN/samout_ddp" --flagfile=configs/seed.flags --device=cuda \
+      --data=random:1 --vocab_size=8460 --batch_size="$b" --seq_len="$t" --precision="$prec" \
+      --steps="$steps" --log_every="$every" --eval_every=0 --metrics_file="$m" --ckpt_dir=
+  local ran=$?
+  sampler_stop
+  [ $ran = 0 ] && report stage "$id" --title "$(title_of "$id")" --status "$STATUS" --seconds "$SECS" \
+    --log "$LOGS/$id.log" --parse metrics --input "$m" --mem_samples "$LOGS/$id.mem" \
+    --set kind=samout_train --set batch_size="$b" --set seq_len="$t" --set precision="$prec"
+}
+train_run train_32x1024_bf16 32 1024 bf16 30 5
+train_run train_32x49_fp32 32 49 fp32 120 10
+train_run train_4x8192_bf16 4 8192 bf16 25 5
+
+# ---- 2: batch-1 decode with CUDA graphs ---------------------------------------------------------------
+if wanted decode && need_build decode bench_generate; then
+  run_stage decode "$LOGS/decode.log" "$BIN/bench_generate" --device=cuda --cuda_graph &&
+    report stage decode --title "$(title_of decode)" --status "$STATUS" --seconds "$SECS" \
+      --log "$LOGS/decode.log" --parse generate --set kind=samout_decode
+fi
+
+# ---- 3: the op benchmark ------------------------------------------------------------------------------
+if wanted opbench && need_build opbench bench_cummax_gate; then
+  rm -f "$OUT_DIR/opbench.json"
+  run_stage opbench "$LOGS/opbench.log" "$BIN/bench_cummax_gate" --device=cuda --json="$OUT_DIR/opbench.json" &&
+    report stage opbench --title "$(title_of opbench)" --status "$STATUS" --seconds "$SECS" \
+      --log "$LOGS/opbench.log" --parse opbench --input "$OUT_DIR/opbench.json" --set kind=samout_op
+fi
+
+# ---- 4: the strongest PyTorch peers on the same GPU -------------------------------------------------
+# (eager fp32 is beaten by eager bf16 at T=1024 and by the compiled loop at T=49: not run.)
+PEER=(bench/train/pytorch_seed_loop.py --device=cuda)
+peer_run() { # ID B T ARGS...
+  local id="$1" b="$2" t="$3"; shift 3
+  wanted "$id" || return 0
+  sampler_start "$LOGS/$id.mem"
+  run_stage "$id" "$LOGS/$id.log" "$PY" "${PEER[@]}" --batch_size="$b" --seq_len="$t" "$@"
+  local ran=$?
+  sampler_stop
+  [ $ran = 0 ] && report stage "$id" --title "$(title_of "$id")" --status "$STATUS" --seconds "$SECS" \
+    --log "$LOGS/$id.log" --parse pytorch --mem_samples "$LOGS/$id.mem" --set kind=pytorch_train
+}
+peer_run peer_32x1024_bf16 32 1024 --precision=bf16 --fused_adam --steps=15 --warmup=3
+peer_run peer_32x49_compile 32 49 --precision=fp32 --compile=reduce-overhead --fused_adam --steps=100 --warmup=5
+peer_run peer_4x8192_bf16 4 8192 --precision=bf16 --fused_adam --steps=10 --warmup=3 --decode_tokens=200
+
+# ---- 5-8: correctness on the GPU ---------------------------------------------------------------------------
 CTEST=(ctest --test-dir "$BUILD" --output-on-failure --no-tests=error "${CTEST_FIXTURE[@]}")
 if wanted gpu_ctest && [ -f "$BUILD/CTestTestfile.cmake" ]; then
-  run_stage gpu_ctest "$LOGS/gpu_ctest.log" "${CTEST[@]}" -j8 -L gpu \
-      -E 'train\.gpu_sync_free|train\.gpu_mpi_two_ranks' &&
+  # Only tests whose programs were built: one naming a missing file under the build is left out.
+  unbuilt="$(ctest --test-dir "$BUILD" -L gpu --show-only=json-v1 2>/dev/null > "$LOGS/gpu_tests.json" &&
+             "$RPY" "$REPORT" --out "$OUT_DIR" unbuilt --build "$BUILD" --tests "$LOGS/gpu_tests.json")"
+  exclude='^train\.gpu_(sync_free|mpi_two_ranks)$'
+  note=()
+  if [ -n "$unbuilt" ]; then
+    exclude="$exclude|^($(sed 's/[][().*+?^$|\\]/\\&/g' <<< "$unbuilt" | paste -sd'|'))\$"
+    note=(--note "not built, not run: $(paste -sd' ' <<< "$unbuilt")")
+  fi
+  # The JUnit file keeps each test's output: a test that skips for want of a second GPU is told
+  # from one that skips for want of CUDA.
+  run_stage gpu_ctest "$LOGS/gpu_ctest.log" "${CTEST[@]}" -j"$JOBS" -L gpu -E "$exclude" \
+      --output-junit "$LOGS/gpu_ctest.xml" &&
     report stage gpu_ctest --title "$(title_of gpu_ctest)" --status "$STATUS" --seconds "$SECS" \
-      --log "$LOGS/gpu_ctest.log" --parse ctest
+      --log "$LOGS/gpu_ctest.log" --parse ctest --junit "$LOGS/gpu_ctest.xml" "${note[@]}"
 elif wanted gpu_ctest; then skip_stage gpu_ctest "not configured"; fi
 
 if wanted memcheck && need_build memcheck cummax_gate_cuda_test; then
@@ -466,7 +706,8 @@ if wanted memcheck && need_build memcheck cummax_gate_cuda_test; then
     # not counted (--report-api-errors no): libtorch probes the device with calls that may fail by
     # design, and the tests check our own launches (C10_CUDA_KERNEL_LAUNCH_CHECK) themselves.
     run_stage memcheck "$LOGS/memcheck.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-        "$SAN" --tool memcheck --report-api-errors no --error-exitcode 1 "$BIN/cummax_gate_cuda_test" &&
+        "$SAN" --tool memcheck --report-api-errors no --error-exitcode 1 "$BIN/cummax_gate_cuda_test" \
+        --gtest_filter="$MEMCHECK_FILTER" &&
       report stage memcheck --title "$(title_of memcheck)" --status "$STATUS" --seconds "$SECS" \
         --log "$LOGS/memcheck.log" --parse memcheck
   fi
@@ -480,68 +721,8 @@ for id in sync_free mpi_two_ranks; do
       --log "$LOGS/$id.log" --parse ctest
 done
 
-# ---- 5-8 measure: the torch.compile warm-up must not share the GPU with them ----------------------------
-if [ -n "$PREWARM_PID" ]; then
-  kill -0 "$PREWARM_PID" 2>/dev/null && echo "gpu_check: stopping the torch.compile warm-up (still running)"
-  kill -- -"$PREWARM_PID" 2>/dev/null; wait "$PREWARM_PID" 2>/dev/null; PREWARM_PID=""
-fi
-
-# ---- 5: samout training tokens/s, the seed model -----------------------------------------------------
-# configs/seed.flags (V=8460, d=512, L=8, h=8, Adam 1e-3), random tokens; tokens/s is the median of
-# the logged windows after the first two (warm-up).
-train_run() { # ID B T PRECISION STEPS LOG_EVERY
-  local id="$1" b="$2" t="$3" prec="$4" steps="$5" every="$6" m="$LOGS/$1.jsonl"
-  wanted "$id" || return 0
-  need_build "$id" samout_ddp || return 0
-  rm -f "$m"
-  sampler_start "$LOGS/$id.mem"
-  run_stage "$id" "$LOGS/$id.log" "$BIN/samout_ddp" --flagfile=configs/seed.flags --device=cuda \
-      --data=random:1 --vocab_size=8460 --batch_size="$b" --seq_len="$t" --precision="$prec" \
-      --steps="$steps" --log_every="$every" --eval_every=0 --metrics_file="$m" --ckpt_dir= 
-  local ran=$?
-  sampler_stop
-  [ $ran = 0 ] && report stage "$id" --title "$(title_of "$id")" --status "$STATUS" --seconds "$SECS" \
-    --log "$LOGS/$id.log" --parse metrics --input "$m" --mem_samples "$LOGS/$id.mem" \
-    --set kind=samout_train --set batch_size="$b" --set seq_len="$t" --set precision="$prec"
-}
-train_run train_32x1024_bf16 32 1024 bf16 40 5
-train_run train_32x49_fp32 32 49 fp32 120 10
-train_run train_4x8192_bf16 4 8192 bf16 30 5
-
-# ---- 6: batch-1 decode with CUDA graphs ---------------------------------------------------------------
-if wanted decode && need_build decode bench_generate; then
-  run_stage decode "$LOGS/decode.log" "$BIN/bench_generate" --device=cuda --cuda_graph &&
-    report stage decode --title "$(title_of decode)" --status "$STATUS" --seconds "$SECS" \
-      --log "$LOGS/decode.log" --parse generate --set kind=samout_decode
-fi
-
-# ---- 7: the op benchmark ------------------------------------------------------------------------------
-if wanted opbench && need_build opbench bench_cummax_gate; then
-  rm -f "$OUT_DIR/opbench.json"
-  run_stage opbench "$LOGS/opbench.log" "$BIN/bench_cummax_gate" --device=cuda --json="$OUT_DIR/opbench.json" &&
-    report stage opbench --title "$(title_of opbench)" --status "$STATUS" --seconds "$SECS" \
-      --log "$LOGS/opbench.log" --parse opbench --input "$OUT_DIR/opbench.json" --set kind=samout_op
-fi
-
-# ---- 8: the PyTorch peers on the same GPU -----------------------------------------------------------
-peer_run() { # ID B T ARGS...
-  local id="$1" b="$2" t="$3"; shift 3
-  wanted "$id" || return 0
-  sampler_start "$LOGS/$id.mem"
-  run_stage "$id" "$LOGS/$id.log" "$PY" "${PEER[@]}" --batch_size="$b" --seq_len="$t" "$@"
-  local ran=$?
-  sampler_stop
-  [ $ran = 0 ] && report stage "$id" --title "$(title_of "$id")" --status "$STATUS" --seconds "$SECS" \
-    --log "$LOGS/$id.log" --parse pytorch --mem_samples "$LOGS/$id.mem" --set kind=pytorch_train
-}
-peer_run peer_32x1024_fp32 32 1024 --precision=fp32 --steps=15 --warmup=3
-peer_run peer_32x1024_bf16 32 1024 --precision=bf16 --fused_adam --steps=20 --warmup=3
-peer_run peer_32x49_fp32 32 49 --precision=fp32 --steps=60 --warmup=5 --decode_tokens=200
-peer_run peer_32x49_compile 32 49 --precision=fp32 --compile=reduce-overhead --fused_adam --steps=100 --warmup=5
-peer_run peer_4x8192_bf16 4 8192 --precision=bf16 --fused_adam --steps=15 --warmup=3
-
 # ---- the end ---------------------------------------------------------------------------------------------
-WALL=$(( $(date +%s) - T_START ))
+WALL=$(( $(now) - T_START ))
 report meta "wall_s=$WALL"
 echo
 echo "gpu_check: done in $((WALL / 60)) min $((WALL % 60)) s; $OUT_DIR/results.md:"

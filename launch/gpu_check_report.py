@@ -2,17 +2,28 @@
 """Results of launch/gpu_check.sh: merges each stage's outcome into <out>/results.json and rewrites
 <out>/results.md after every stage, so that a run cut short still leaves what it measured.
 
-    gpu_check_report.py --out DIR init [--plan ID=TITLE ...] [KEY=VALUE ...]   fresh results.json
+    gpu_check_report.py --out DIR init [--plan ID=TITLE ...] [--carry_from FILE --carry ID ...]
+        [KEY=VALUE ...]                                   fresh results.json; --carry copies those
+                                                          stages (and their logs) from an earlier run
     gpu_check_report.py --out DIR meta KEY=VALUE ...                           machine, commit, ...
     gpu_check_report.py --out DIR stage ID --title T --status pass|fail|timeout|skipped
         [--seconds S] [--log FILE] [--parse KIND --input FILE] [--set KEY=VALUE ...] [--note TEXT]
-        [--mem_samples FILE]
+        [--mem_samples FILE] [--junit FILE]
     gpu_check_report.py --out DIR render [--print]        results.md again; --print: the table
     gpu_check_report.py --out DIR verdict                 exit 0 only if every planned stage passed
+    gpu_check_report.py --out DIR prior --sources STAMP   "ID STATUS" of each stage recorded in DIR,
+                                                          exit 1 when DIR's run had other sources
+    gpu_check_report.py --out DIR unbuilt --build B --tests J  names of the tests in J (ctest
+                                                          --show-only=json-v1) needing a file under B
+                                                          that is missing: not built, not to be run
+--state DIR (before the command): results.json is also written there, and each stage's log copied
+there, so that a rerun with the same build folder finds what passed (launch/gpu_check.sh keeps it
+in <build>/gpu_check).
 
 --parse reads what a stage left behind (KIND: ctest, memcheck, metrics, pytorch, generate,
 opbench) into figures. A parser may turn a "pass" into a "fail" (a GPU test that skipped on a GPU
-machine, a sanitizer error, no metrics lines, a failed correctness check), never the reverse.
+machine, unless it says it needs more GPUs; a sanitizer error, no metrics lines, a failed
+correctness check), never the reverse.
 Figures that name a kind (samout_train, pytorch_train, samout_decode, ...) are compared when the
 table is drawn: samout's tokens/s over the strongest PyTorch variant that passed at the same
 (batch, sequence length), and samout's decode over PyTorch's eager stateful decode.
@@ -23,6 +34,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,23 +44,46 @@ STATUSES = ("pass", "fail", "timeout", "skipped")
 
 # ---- parsers: (figures, summary, reason-to-fail or None) ------------------------------------------
 
+# What a test prints when it skips for want of more GPUs than one machine of gpu_check's has.
+MULTI_GPU_SKIP = re.compile(r"needs (two|three|four|\d+) (or more )?GPUs", re.I)
+
+
+def test_outputs(junit):
+    """Each test's output, by name, from ctest's --output-junit file ({} when there is none)."""
+    if not junit or not os.path.exists(junit):
+        return {}
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(junit).getroot()
+    except ET.ParseError:
+        return {}
+    return {t.get("name"): (t.findtext("system-out") or "") for t in root.iter("testcase")}
+
+
 def parse_ctest(text, args):
-    """ctest's output. A test that skipped counts as a failure here: these are GPU tests on a GPU."""
+    """ctest's output. A test that skipped counts as a failure here: these are GPU tests on a GPU;
+    except one that says it needs more GPUs (--junit: ctest's JUnit file, with each test's output)."""
     tests = {}
     for line in text.splitlines():
         m = re.search(r"Test\s+#\d+:\s+(\S+)\s+\.*\s*(?:\*\*\*)?(Passed|Not Run|[A-Za-z]+)", line)
         if m:
             tests[m.group(1)] = m.group(2)
+    outputs = test_outputs(getattr(args, "junit", None))
     passed = sorted(n for n, s in tests.items() if s == "Passed")
     skipped = sorted(n for n, s in tests.items() if s == "Skipped")
+    multi = [n for n in skipped if MULTI_GPU_SKIP.search(outputs.get(n, ""))]
+    skipped = [n for n in skipped if n not in multi]
     failed = sorted(n for n, s in tests.items() if s not in ("Passed", "Skipped"))
     fig = {"tests": len(tests), "passed": len(passed), "failed": len(failed),
-           "skipped": len(skipped), "failed_tests": failed, "skipped_tests": skipped}
+           "skipped": len(skipped), "failed_tests": failed, "skipped_tests": skipped,
+           "skipped_multi_gpu": multi}
     summary = f"{len(passed)}/{len(tests)} passed"
     if failed:
         summary += f"; failed: {', '.join(failed[:6])}{' ...' if len(failed) > 6 else ''}"
     if skipped:
         summary += f"; skipped: {', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}"
+    if multi:
+        summary += f"; skipped, needing more GPUs: {', '.join(multi)}"
     why = None
     if "No tests were found" in text or not tests:
         why = "no tests matched"
@@ -239,14 +274,20 @@ def load(out):
     return {"meta": {}, "plan": [], "stages": []}
 
 
-def save(out, res):
-    os.makedirs(out, exist_ok=True)
+def write_json(folder, res):
+    os.makedirs(folder, exist_ok=True)
     # Write then rename: a run killed mid-write never leaves half a file.
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.json.")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".results.json.")
     with os.fdopen(fd, "w") as f:
         json.dump(res, f, indent=1, default=str)
         f.write("\n")
-    os.replace(tmp, os.path.join(out, "results.json"))
+    os.replace(tmp, os.path.join(folder, "results.json"))
+
+
+def save(out, res, state=None):
+    write_json(out, res)
+    if state and os.path.abspath(state) != os.path.abspath(out):
+        write_json(state, res)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.md.")
     with os.fdopen(fd, "w") as f:
         f.write(markdown(res))
@@ -336,6 +377,8 @@ def figure_cell(stage):
         cell += f" (nvidia-smi {f['smi_peak_mib'] / 1024:.1f} GiB)"
     if stage.get("note"):
         cell += (" — " if cell else "") + stage["note"]
+    if stage.get("carried_from"):
+        cell += (" — " if cell else "") + f"passed in the earlier run of {stage['carried_from']}"
     return cell.replace("|", "\\|").replace("\n", " ")
 
 
@@ -400,19 +443,42 @@ def markdown(res):
 
 # ---- commands -------------------------------------------------------------------------------------
 
+def copy_log(rel, src_root, dst_root):
+    """Copies src_root/rel to dst_root/rel (a stage's log, relative to its run's folder)."""
+    if not rel or os.path.isabs(rel):
+        return
+    src, dst = os.path.join(src_root, rel), os.path.join(dst_root, rel)
+    if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(src, dst)
+
+
 def cmd_init(args):
     res = {"meta": kv_pairs(args.pairs), "plan": [], "stages": []}
     for p in args.plan or []:
         pid, _, title = p.partition("=")
         res["plan"].append([pid, title or pid])
     res["meta"].setdefault("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
-    save(args.out, res)
+    if args.carry:
+        # A rerun: the stages that passed before keep their record (and their log) in this run's
+        # table, marked with the date of the run that measured them.
+        prev = load(os.path.dirname(os.path.abspath(args.carry_from)))
+        by_id = {s["id"]: s for s in prev.get("stages", [])}
+        for sid in args.carry:
+            s = by_id.get(sid)
+            if s is None or s.get("status") != "pass":
+                sys.exit(f"gpu_check_report: no passed stage {sid} in {args.carry_from}")
+            s = dict(s)
+            s.setdefault("carried_from", prev.get("meta", {}).get("date", "?"))
+            copy_log(s.get("log"), os.path.dirname(os.path.abspath(args.carry_from)), args.out)
+            res["stages"].append(s)
+    save(args.out, res, args.state)
 
 
 def cmd_meta(args):
     res = load(args.out)
     res["meta"].update(kv_pairs(args.pairs))
-    save(args.out, res)
+    save(args.out, res, args.state)
 
 
 def cmd_stage(args):
@@ -459,7 +525,9 @@ def cmd_stage(args):
             s["comparison"] = cmp
         else:
             s.pop("comparison", None)
-    save(args.out, res)
+    save(args.out, res, args.state)
+    if args.state:
+        copy_log(st.get("log"), args.out, args.state)
     print(f"gpu_check: [{st['status']}] {st['title']}"
           + (f" ({fmt_seconds(st.get('seconds'))})" if st.get("seconds") is not None else "")
           + (f": {figure_cell(st)}" if figure_cell(st) else ""), flush=True)
@@ -467,7 +535,7 @@ def cmd_stage(args):
 
 def cmd_render(args):
     res = load(args.out)
-    save(args.out, res)
+    save(args.out, res, args.state)
     if args.print:
         print(render_table(table_rows(res)), end="")
 
@@ -484,12 +552,50 @@ def cmd_verdict(args):
     print(f"gpu_check: every stage passed ({len(ids)})")
 
 
+def cmd_prior(args):
+    """What an earlier run in this folder recorded, for a rerun to skip what passed; exit 1 when
+    there is none or it ran on other sources (its results no longer hold)."""
+    if not os.path.exists(os.path.join(args.out, "results.json")):
+        sys.exit(1)
+    res = load(args.out)
+    if res.get("meta", {}).get("sources") != args.sources:
+        sys.exit(1)
+    for s in res.get("stages", []):
+        print(s["id"], s["status"])
+
+
+def cmd_unbuilt(args):
+    """Tests whose program ctest cannot find, or that name a file under the build folder (their
+    program, a library in their environment) that does not exist: their target was not built."""
+    with open(args.tests) as f:
+        doc = json.load(f)
+    build = os.path.abspath(args.build).rstrip("/") + "/"
+    for t in doc.get("tests", []):
+        words = list(t.get("command") or [])
+        if not words:  # ctest found no program to run
+            print(t["name"])
+            continue
+        for prop in t.get("properties", []):
+            v = prop.get("value")
+            words += v if isinstance(v, list) else [v]
+        for w in words:
+            if not isinstance(w, str):
+                continue
+            path = w.split("=", 1)[1] if "=" in w and not w.startswith("/") else w
+            if path.startswith(build) and not os.path.exists(path):
+                print(t["name"])
+                break
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="the run's folder (results.json, results.md)")
+    p.add_argument("--state", help="also keep results.json and the logs here (for a rerun)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("init")
     s.add_argument("--plan", action="append", help="ID=TITLE of a stage to come, in order")
+    s.add_argument("--carry_from", help="an earlier run's results.json")
+    s.add_argument("--carry", action="append", help="ID of a stage that passed there, kept")
     s.add_argument("pairs", nargs="*")
     s = sub.add_parser("meta")
     s.add_argument("pairs", nargs="*")
@@ -506,14 +612,22 @@ def main(argv=None):
     s.add_argument("--note")
     s.add_argument("--mem_samples", help="nvidia-smi memory.used samples (MiB, one a line)")
     s.add_argument("--drop", type=int, default=2, help="metrics: warm-up windows left out")
+    s.add_argument("--junit", help="ctest: its --output-junit file (each test's output)")
     s = sub.add_parser("render")
     s.add_argument("--print", action="store_true")
     sub.add_parser("verdict")
+    s = sub.add_parser("prior")
+    s.add_argument("--sources", required=True, help="the stamp of the sources now")
+    s = sub.add_parser("unbuilt")
+    s.add_argument("--build", required=True)
+    s.add_argument("--tests", required=True, help="ctest --show-only=json-v1's output")
     args = p.parse_args(argv)
     if args.cmd == "stage" and args.parse and not args.input:
         args.input = args.log
+    if args.cmd == "init" and args.carry and not args.carry_from:
+        p.error("--carry needs --carry_from")
     {"init": cmd_init, "meta": cmd_meta, "stage": cmd_stage, "render": cmd_render,
-     "verdict": cmd_verdict}[args.cmd](args)
+     "verdict": cmd_verdict, "prior": cmd_prior, "unbuilt": cmd_unbuilt}[args.cmd](args)
 
 
 if __name__ == "__main__":

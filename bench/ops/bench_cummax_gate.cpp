@@ -10,7 +10,7 @@
 //   fwd train  forward with y and alphas requiring grad (what the training step pays)
 //   fwd+bwd    forward, then torch::autograd::grad for dL/dy and dL/dalphas given a fixed dL/dout
 // and prints composite/fused. Before timing, outputs and gradients of both are compared with the
-// composite in fp64 on the same inputs (the composite is the reference, SPEC.md "The fused
+// composite in fp64 on the same inputs (the composite is the reference, docs/model.md "The fused
 // operation"); a mismatch exits 1.
 //
 // --device=cpu (default): fp32 only, wall-clock times; default shapes 8x256x512,1x4096x512.
@@ -18,9 +18,11 @@
 // between two CUDA events on the current stream (at::cuda::CUDAEvent). A device-to-device copy of a
 // tensor the size of y (dst.copy_(src)) is timed the same way in the same run, and every
 // measurement is also given as GB/s of the bytes the op must move, and as a fraction of the copy's
-// GB/s (copy bytes: read + write). Per token, in elements: fwd infer reads y (3d) and writes out
-// (d): 4d; fwd train also writes the saved running max: 5d; fwd+bwd adds reading dL/dout (d), y
-// again (3d) and the saved max (d), and writing dL/dy (3d): 13d. The (B, d) state is left out.
+// GB/s (copy bytes: read + write). The bytes are those the fused kernels move, per token in
+// elements: the forward reads y (3d) and writes out (d), and reads c (d) once more for the chunk
+// summaries when it cuts T into K > 1 chunks: 4d or 5d, training or not (only per-chunk carries are
+// saved); the backward reads dL/dout (d) and y (3d) and writes dL/dy (3d): 7d more. Left out: the
+// (B, d) state and the per-chunk carries and records, (B, K, d) each.
 // Without a GPU, --device=cuda prints "bench_cummax_gate: no CUDA device" and exits 2.
 //
 // --json=FILE writes every figure (times, bytes, GB/s, ratios, the check's errors) as one JSON
@@ -30,6 +32,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -294,8 +297,12 @@ int run_cpu(json& doc) {
 // ---- CUDA ---------------------------------------------------------------------------------------
 
 #ifdef SAMOUT_HAVE_CUDA
-// Elements each measurement must move per token, as multiples of d (see the header).
-constexpr int64_t kElemsPerTokenPerD[3] = {4, 5, 13};
+// Elements each measurement moves per token, as multiples of d, for a forward of K chunks (see the
+// header): infer, train, fwd+bwd.
+std::array<int64_t, 3> elems_per_token_per_d(int64_t K) {
+  const int64_t forward = K > 1 ? 5 : 4;
+  return {forward, forward, forward + 7};
+}
 
 int run_cuda(json& doc) {
   const auto dtypes = parse_dtypes(FLAGS_dtype.empty() ? "fp32,bf16" : FLAGS_dtype, /*cuda=*/true);
@@ -343,8 +350,11 @@ int run_cuda(json& doc) {
           s.B, s.T, s.d, dtype_name(dtype), copy_ms, copy_gbs);
       std::printf("  %-10s %12s %8s %7s   %12s %8s %7s   %15s\n", "", "composite ms", "GB/s",
                   "of copy", "fused ms", "GB/s", "of copy", "composite/fused");
+      const int64_t K = samout::ops::cummax_gate_cuda_chunks(in.y);
+      res["chunks"] = K;
+      const auto elems = elems_per_token_per_d(K);
       for (int k = 0; k < 3; ++k) {
-        const double bytes = kElemsPerTokenPerD[k] * s.d * tokens * elem;
+        const double bytes = elems[k] * s.d * tokens * elem;
         json m = {
             {"what", kWhatKey[k]}, {"bytes", bytes}, {"composite_over_fused", t[0][k] / t[1][k]}};
         double gbs[2];

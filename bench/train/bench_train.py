@@ -31,7 +31,7 @@ FALLBACK = {"vocab_size": 8460, "hidden": 512, "layers": 8, "heads": 8, "seq_len
 
 
 def seed_defaults():
-    """The model and batch of configs/seed.flags (the seed's setting), or SPEC.md's if absent."""
+    """The model and batch of configs/seed.flags or the seed's own (docs/model.md) if absent."""
     vals = dict(FALLBACK)
     path = os.path.join(ROOT, "configs", "seed.flags")
     if os.path.exists(path):

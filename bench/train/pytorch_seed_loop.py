@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The seed's own training loop in plain PyTorch: the baseline samout_ddp is measured against.
 
-Written from ../../../shared/SPEC.md ("The seed's own training setting"): the reference SamOut
+Written from docs/model.md ("Training: the seed's setting and ours"): the reference SamOut
 (tests/python/reference_model.py, imported, head reshapes included), torch.optim.Adam with
 PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no weight decay, the implementation PyTorch picks
 for the device), cross entropy over all B*T targets, and batches of B windows of seq_len+1 uniform
@@ -21,7 +21,7 @@ torch.cuda.synchronize() (tokens/s = measured tokens / that wall time), per-step
 CUDA events, and the JSON adds the peak of torch.cuda.max_memory_allocated over warm-up and
 measured steps. --compile's first steps (warm-up) include the compilation: give it --warmup >= 3.
 --decode_tokens=N times N single-token steps of batch 1 after a --decode_context-token prompt,
-carrying each layer's running maximum as the state (SPEC.md "State"), each step ending with the
+carrying each layer's running maximum as the state (docs/model.md, State), each step ending with the
 next id (greedy) on the host as a streaming generator needs it.
 """
 import argparse
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-from reference_model import SamOut  # noqa: E402  (the seed's model, from SPEC.md)
+from reference_model import SamOut  # noqa: E402  (the seed's model, docs/model.md)
 
 
 def parse_args(argv=None):

@@ -3,13 +3,16 @@
 #include <glog/logging.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdlib>
+#include <vector>
 
 #include "samout/common/error.h"
 #include "samout/dist/checks.h"
 
 #ifdef SAMOUT_HAVE_CUDA
 #include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace samout::dist {
@@ -17,6 +20,34 @@ namespace samout::dist {
 namespace {
 int g_rank = -1;
 std::string g_host = "?";
+MPI_Comm g_node = MPI_COMM_NULL;  // this node's ranks, ordered by local rank (select_device)
+
+// Every local rank's string, in local-rank order; just `mine` outside init_distributed's world.
+std::vector<std::string> gather_on_node(const std::string& mine) {
+  if (g_node == MPI_COMM_NULL) return {mine};
+  constexpr int kLen = 64;  // a PCI bus id is "0000:3b:00.0"
+  std::array<char, kLen> buf{};
+  mine.copy(buf.data(), kLen - 1);
+  int n = 1;
+  SAMOUT_MPI_CHECK(MPI_Comm_size(g_node, &n));
+  std::vector<char> all(static_cast<size_t>(n) * kLen);
+  SAMOUT_MPI_CHECK(MPI_Allgather(buf.data(), kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, g_node));
+  std::vector<std::string> out;
+  for (int r = 0; r < n; ++r) out.emplace_back(all.data() + static_cast<size_t>(r) * kLen);
+  return out;
+}
+
+// The GPU's PCI bus id (the physical device, whatever index CUDA_VISIBLE_DEVICES gave it); on
+// failure "" and the reason in *error. It must not throw: the node's ranks exchange it next.
+std::string pci_bus_id([[maybe_unused]] int gpu, [[maybe_unused]] std::string* error) {
+#ifdef SAMOUT_HAVE_CUDA
+  char id[64] = {0};
+  const cudaError_t rc = cudaDeviceGetPCIBusId(id, sizeof(id), gpu);
+  if (rc == cudaSuccess) return id;
+  *error = "cudaDeviceGetPCIBusId(" + std::to_string(gpu) + ") failed: " + cudaGetErrorString(rc);
+#endif
+  return "";
+}
 }  // namespace
 
 [[noreturn]] void abort_job(const std::string& what, int code) {
@@ -47,7 +78,8 @@ DistContext init_distributed(int* argc, char*** argv) {
       MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ctx.rank, MPI_INFO_NULL, &local));
   SAMOUT_MPI_CHECK(MPI_Comm_rank(local, &ctx.local_rank));
   SAMOUT_MPI_CHECK(MPI_Comm_size(local, &ctx.local_world));
-  SAMOUT_MPI_CHECK(MPI_Comm_free(&local));
+  if (g_node != MPI_COMM_NULL) SAMOUT_MPI_CHECK(MPI_Comm_free(&g_node));
+  g_node = local;  // kept for select_device
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   ctx.host = host;
@@ -57,29 +89,40 @@ DistContext init_distributed(int* argc, char*** argv) {
 }
 
 void select_device(DistContext& ctx, DeviceRequest device, CommRequest comm) {
-  const int64_t gpus = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
-  require(device != DeviceRequest::kCuda || gpus > 0,
-          "--device=cuda but no CUDA device is visible");
-  const bool cuda = device != DeviceRequest::kCpu && gpus > 0;
-  require(cuda || comm != CommRequest::kNccl,
-          "--comm=nccl needs CUDA devices; this run is on the CPU");
-  ctx.comm = cuda && comm != CommRequest::kMpi ? CommKind::kNccl : CommKind::kMpi;
-  if (!cuda) return;
-  if (ctx.comm == CommKind::kNccl) {
-    require(
-        ctx.local_world <= gpus,
-        std::to_string(ctx.local_world) + " ranks on host " + ctx.host + " but only " +
-            std::to_string(gpus) +
-            " GPUs (NCCL needs one GPU per rank; --comm=mpi lets ranks share one, for testing)");
-  } else if (ctx.local_world > gpus && ctx.local_rank == 0) {
-    LOG(WARNING) << ctx.local_world << " ranks share " << gpus << " GPU(s) on host " << ctx.host
+  GpuView view;
+  view.local_rank = ctx.local_rank;
+  view.local_world = ctx.local_world;
+  view.visible = torch::cuda::is_available() ? torch::cuda::device_count() : 0;
+  view.cuda_visible_devices = std::getenv("CUDA_VISIBLE_DEVICES");
+  view.host = ctx.host;
+  DeviceChoice c = choose_device(view, device, comm);
+  std::string why = c.refusal;
+  const std::string mine = why.empty() && c.gpu >= 0 ? pci_bus_id(c.gpu, &why) : "";
+  // Every rank of the node gets here, refused or not: the exchange is a collective.
+  const std::vector<std::string> ids = gather_on_node(mine);
+  const auto [a, b] = first_shared(ids);
+  if (why.empty() && a >= 0) {
+    if (c.comm == CommKind::kNccl) {
+      why = "local ranks " + std::to_string(a) + " and " + std::to_string(b) + " on host " +
+            ctx.host + " were given the same GPU (PCI " + ids[a] +
+            "; is one CUDA_VISIBLE_DEVICES set for every rank?). NCCL needs one GPU per rank; "
+            "--comm=mpi lets ranks share one, for testing";
+    } else {
+      c.shared = true;
+    }
+  }
+  require(why.empty(), why);
+  ctx.comm = c.comm;
+  if (c.gpu < 0) return;
+  if (c.shared && ctx.local_rank == 0) {
+    LOG(WARNING) << ctx.local_world << " ranks share " << view.visible << " GPU(s) on host "
+                 << ctx.host
                  << " (--comm=mpi, gradients staged through host memory): for testing multi-rank "
                     "logic, not for speed";
   }
-  const int index = static_cast<int>(ctx.local_rank % gpus);
-  ctx.device = torch::Device(torch::kCUDA, index);
+  ctx.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(c.gpu));
 #ifdef SAMOUT_HAVE_CUDA
-  c10::cuda::set_device(index);  // cudaSetDevice: every later CUDA call lands here
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(c.gpu));  // every later CUDA call lands here
 #endif
 }
 
@@ -89,7 +132,9 @@ void finalize_distributed() {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
-  if (initialized && !finalized) MPI_Finalize();
+  if (!initialized || finalized) return;
+  if (g_node != MPI_COMM_NULL) MPI_Comm_free(&g_node);
+  MPI_Finalize();
 }
 
 }  // namespace samout::dist

@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 
 #include <algorithm>
+#include <string>
 
 namespace samout::dist {
 
@@ -32,10 +33,11 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm,
   for (auto& p : params_) {
     const int64_t n = p.numel();
     if (buckets_.empty() || buckets_.back().end - buckets_.back().begin >= bucket_elems)
-      buckets_.push_back(Bucket{offset, offset, 0, 0});
+      buckets_.push_back(Bucket{offset, offset, 0, 0, {}});
     Bucket& b = buckets_.back();
     b.end = offset + n;
     ++b.num_params;
+    if (zero_) b.parts = shard_parts(b.begin, b.end, padded / W, W);
 
     auto pview = flat_params_.narrow(0, offset, n).view(p.sizes());
     pview.copy_(p);
@@ -58,7 +60,19 @@ GradReducer::GradReducer(std::vector<torch::Tensor> params, Communicator& comm,
   LOG(INFO) << "gradient buckets: " << buckets_.size() << " over " << total << " parameters";
 }
 
+// How much of [begin, end) falls into each rank's shard (blocks of `block` elements): the parts
+// of the bucket's reduce-scatter, consecutive, in rank order.
+std::vector<int64_t> GradReducer::shard_parts(int64_t begin, int64_t end, int64_t block,
+                                              int64_t W) {
+  std::vector<int64_t> parts(W);
+  for (int64_t q = 0; q < W; ++q)
+    parts[q] = std::max<int64_t>(0, std::min(end, (q + 1) * block) - std::max(begin, q * block));
+  return parts;
+}
+
 void GradReducer::zero_grad() { flat_grads_.zero_(); }
+
+void GradReducer::hold_buckets_until_finish(bool hold) { hold_ = hold; }
 
 void GradReducer::begin_backward(bool sync) {
   sync_ = sync;
@@ -69,7 +83,7 @@ void GradReducer::begin_backward(bool sync) {
 
 void GradReducer::on_grad_ready(int64_t bucket) {
   --buckets_[bucket].waiting;
-  if (!sync_) return;
+  if (!sync_ || hold_) return;
   // Collectives must be issued in the same order on every rank, and the order in which hooks fire
   // may differ between ranks (autograd's scheduling, unused parameters): launch buckets strictly in
   // bucket order, each as soon as it and every bucket before it are ready, as PyTorch DDP does.
@@ -80,14 +94,18 @@ void GradReducer::on_grad_ready(int64_t bucket) {
 
 void GradReducer::launch(int64_t index) {
   const Bucket& b = buckets_[index];
-  // ZeRO-1 all-reduces its buckets too, although a rank needs only its own shard's sums. A
-  // reduce-scatter sends half the bytes but cannot start before backward ends (its blocks are whole
-  // shards), and per-bucket MPI_Ireduce calls to each owner, tried in place of it, were slower still
-  // on Open MPI's shared-memory transport: 350-620 ms of waiting per step at the seed's size against
-  // 120-180 ms for the reduce-scatter and under 50 ms for overlapped all-reduces.
-  comm_.allreduce_sum_async(flat_grads_.narrow(0, b.begin, b.end - b.begin),
-                            "all-reduce of gradient bucket " + std::to_string(index + 1) + "/" +
-                                std::to_string(num_buckets()));
+  auto grads = flat_grads_.narrow(0, b.begin, b.end - b.begin);
+  const std::string name =
+      "gradient bucket " + std::to_string(index + 1) + "/" + std::to_string(num_buckets());
+  // ZeRO-1: a rank needs only its shard's sums. Each bucket is reduce-scattered as it completes,
+  // in parts that follow the shard boundaries (most buckets lie in one or two shards), so the
+  // collectives still overlap backward and each rank receives only its part: with the all-gather
+  // of the parameters, the bytes of one all-reduce, not 1.5.
+  if (zero_) {
+    comm_.reduce_scatter_sum_async(grads, b.parts, "reduce-scatter of " + name);
+  } else {
+    comm_.allreduce_sum_async(grads, "all-reduce of " + name);
+  }
   launch_order_.push_back(index);
 }
 

@@ -1,5 +1,6 @@
 // NCCL collectives for CUDA tensors (see communicator.h). On an asynchronous error or a missed
 // deadline the watchdog aborts the communicator, so that its kernels return, and then the job.
+// All-gather and broadcast only move data: they send bytes (ncclUint8), so any dtype goes.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,9 +9,11 @@
 #include <glog/logging.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
+#include <numeric>
 
 #include "samout/dist/checks.h"
 #include "samout/dist/communicator.h"
@@ -37,7 +40,10 @@ class NcclCommunicator final : public Communicator {
           aborted_ = true;
           ncclCommAbort(comm_);  // the stuck kernels return; the communicator is unusable now
           abort_job("NCCL: " + why);
-        });
+        },
+        Watchdog::kDefaultPoll,
+        // Its event queries would otherwise make a context on GPU 0 (a new thread's device).
+        [device = device_] { c10::cuda::set_device(device); });
   }
 
   ~NcclCommunicator() override {
@@ -52,6 +58,41 @@ class NcclCommunicator final : public Communicator {
       SAMOUT_NCCL_CHECK(ncclAllReduce(flat.data_ptr(), flat.data_ptr(), flat.numel(),
                                       nccl_datatype(flat.scalar_type()), ncclSum, comm_, s));
     });
+    count_sent(2 * ring_share(flat.nbytes()));
+  }
+
+  // In place, like MPI's: equal parts are one ncclReduceScatter (whose in-place output is this
+  // rank's part of the input); unequal ones, which it cannot take, one ncclReduce per part to its
+  // owner, fused into one launch by the group (the same bytes: each rank sends all but its part).
+  void reduce_scatter_sum_async(torch::Tensor flat, const std::vector<int64_t>& counts,
+                                const std::string& what) override {
+    CHECK(flat.is_cuda() && flat.is_contiguous());
+    CHECK_EQ(static_cast<int>(counts.size()), world_);
+    CHECK_EQ(std::accumulate(counts.begin(), counts.end(), int64_t{0}), flat.numel());
+    if (world_ == 1) return;
+    const ncclDataType_t type = nccl_datatype(flat.scalar_type());
+    const size_t elem = flat.element_size();
+    auto* base = static_cast<char*>(flat.data_ptr());
+    const bool equal =
+        std::all_of(counts.begin(), counts.end(), [&](int64_t c) { return c == counts[0]; });
+    issue(what, flat, [&](cudaStream_t s) {
+      if (equal) {
+        const size_t n = counts[0];
+        SAMOUT_NCCL_CHECK(
+            ncclReduceScatter(base, base + rank_ * n * elem, n, type, ncclSum, comm_, s));
+        return;
+      }
+      SAMOUT_NCCL_CHECK(ncclGroupStart());
+      size_t offset = 0;
+      for (int q = 0; q < world_; ++q) {
+        void* part = base + offset * elem;
+        if (counts[q] > 0)
+          SAMOUT_NCCL_CHECK(ncclReduce(part, part, counts[q], type, ncclSum, q, comm_, s));
+        offset += counts[q];
+      }
+      SAMOUT_NCCL_CHECK(ncclGroupEnd());
+    });
+    count_sent(ring_share(flat.nbytes()));
   }
 
   void progress() override {}
@@ -77,10 +118,11 @@ class NcclCommunicator final : public Communicator {
     if (world_ == 1) return;
     const int64_t n = flat.numel() / world_;
     auto* base = static_cast<char*>(flat.data_ptr());
+    const size_t bytes = n * flat.element_size();
     issue("all-gather of the parameters", flat, [&](cudaStream_t s) {
-      SAMOUT_NCCL_CHECK(ncclAllGather(base + rank_ * n * flat.element_size(), base, n,
-                                      nccl_datatype(flat.scalar_type()), comm_, s));
+      SAMOUT_NCCL_CHECK(ncclAllGather(base + rank_ * bytes, base, bytes, ncclUint8, comm_, s));
     });
+    count_sent(ring_share(flat.nbytes()));
     wait_all();
   }
 
@@ -88,9 +130,10 @@ class NcclCommunicator final : public Communicator {
     CHECK(t.is_cuda() && t.is_contiguous());
     if (world_ == 1) return;
     issue("broadcast", t, [&](cudaStream_t s) {
-      SAMOUT_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(),
-                                      nccl_datatype(t.scalar_type()), root, comm_, s));
+      SAMOUT_NCCL_CHECK(
+          ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm_, s));
     });
+    count_sent(static_cast<double>(t.nbytes()));
     wait_all();
   }
 

@@ -6,11 +6,12 @@ namespace samout::dist {
 
 Watchdog::Watchdog(double timeout_s, std::function<std::string()> error,
                    std::function<void(const std::string&)> on_failure,
-                   std::chrono::microseconds poll)
+                   std::chrono::microseconds poll, std::function<void()> on_start)
     : timeout_s_(timeout_s),
       error_(std::move(error)),
       on_failure_(std::move(on_failure)),
       poll_(poll),
+      on_start_(std::move(on_start)),
       thread_([this] { loop(); }) {}
 
 Watchdog::~Watchdog() {
@@ -44,6 +45,22 @@ bool Watchdog::failed() const {
 }
 
 void Watchdog::loop() {
+  if (on_start_) {
+    std::string why;
+    try {
+      on_start_();
+    } catch (const std::exception& e) {
+      why = std::string("the watchdog thread could not start: ") + e.what();
+    }
+    if (!why.empty()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        failed_ = true;
+      }
+      on_failure_(why);
+      return;
+    }
+  }
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_ && !failed_) {
     // The communicator's error is checked even with nothing pending: NCCL reports a failed peer

@@ -1,4 +1,4 @@
-// SamOut's modules. Names of members and registrations are the seed's state_dict names (SPEC.md).
+// SamOut's modules. Member and registration names are the seed's state_dict names (docs/model.md).
 #include "samout/model/samout.h"
 
 #include "samout/common/error.h"

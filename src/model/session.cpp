@@ -1,6 +1,9 @@
 // Session (session.h): prefill, steps with the carried state, and the CUDA graph of a step.
 #include "samout/model/session.h"
 
+#include <c10/core/DeviceGuard.h>
+
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -33,6 +36,11 @@ Session::Session(SamOut model, bool use_cuda_graph)
 
 Session::~Session() = default;
 
+std::optional<c10::Device> Session::cuda_device() const {
+  const auto device = model_->head->weight.device();
+  return device.is_cuda() ? std::optional<c10::Device>(device) : std::nullopt;
+}
+
 torch::Tensor Session::forward_last(const torch::Tensor& tokens, ModelState& state) {
   // The head is the biggest matrix (V x d); only the last position's logits are wanted.
   auto e = model_->features(tokens, &state).select(/*dim=*/1, tokens.size(1) - 1);  // (B, d)
@@ -50,6 +58,7 @@ torch::Tensor Session::prefill(const torch::Tensor& tokens) {
   require(lo >= 0 && hi < V, "prefill: token ids must be in [0, " + std::to_string(V) + "), got [" +
                                  std::to_string(lo) + ", " + std::to_string(hi) + "]");
   torch::InferenceMode inference;
+  c10::OptionalDeviceGuard guard(cuda_device());  // kernels launch on the current device
   state_.clear();
   auto logits = forward_last(tokens.to(model_->head->weight.device(), torch::kInt64), state_);
   position_ = tokens.size(1);
@@ -70,6 +79,8 @@ void Session::set_state(ModelState state) {
 torch::Tensor Session::step(const torch::Tensor& tokens) {
   TORCH_CHECK(!state_.empty(), "Session::step before prefill or set_state");
   torch::InferenceMode inference;
+  // Kernels, the graph's capture and its replay use the current device, not the tensors'.
+  c10::OptionalDeviceGuard guard(cuda_device());
   const int64_t B = state_[0].size(0);
   auto t = tokens.reshape({-1, 1});  // (B, 1)
   TORCH_CHECK(t.size(0) == B, "Session::step: one token per sequence (", B, "), got ", t.size(0));

@@ -7,6 +7,7 @@
 
 #include "samout/common/error.h"
 #include "samout/ops/context_parallel.h"
+#include "samout/ops/cummax_scan_cuda.cuh"
 #include "samout/ops/dispatch.h"
 
 namespace samout::ops {
@@ -106,8 +107,26 @@ GateCall gate_backward_call(const torch::Tensor& grad_out, const torch::Tensor& 
   return c;
 }
 
+namespace {
+
+// A tensor being traced (torch.compile, opcheck, AOT dispatch): symbolic sizes, or no real memory
+// behind it (fake and functional tensors reach the Autograd kernel with the Python or Functionalize
+// key). Its strides, storage offset and pointer say nothing about the tensor the kernel will run on.
+bool is_traced(const torch::Tensor& y) {
+  return y.unsafeGetTensorImpl()->has_symbolic_sizes_strides() || !y.has_storage() ||
+         y.key_set().has_any(
+             c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
+}
+
+}  // namespace
+
 c10::SymInt gate_saved_chunks(const torch::Tensor& y) {
-  return y.is_cuda() ? c10::SymInt(cummax_gate_cuda_chunks(y)) : y.sym_size(1);
+  if (!y.is_cuda()) return y.sym_size(1);
+  if (!is_traced(y)) return cummax_gate_cuda_chunks(y);
+  // Traced: chunks of a fixed length, as an expression in T, so that a dynamic T stays dynamic and
+  // no GPU is asked. Every ceil(T / kTracedChunkLength) is a chunking the kernel keeps.
+  constexpr int64_t L = gate_cuda::kTracedChunkLength;
+  return (y.sym_size(1) + (L - 1)) / L;
 }
 
 namespace {

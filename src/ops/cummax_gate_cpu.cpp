@@ -4,7 +4,7 @@
 // Two schedules, chosen by thread count, compute the same bits:
 //   serial over time  one task per (b, tile) walks its chunks in order (forward) or reverse
 //                     (backward), when there are enough (b, tile) pairs for the threads;
-//   time-parallel     SCAN.md's three phases, each an at::parallel_for (small B, long T).
+//   time-parallel     docs/scan.md's three phases, each an at::parallel_for (small B, long T).
 // Chunk length and tiles depend on the shape only, and both schedules do the chunked scan's
 // arithmetic (the serial walk also keeps each chunk's own G_k), so results are bitwise the same at
 // any thread count. The alpha gradients are summed per task and reduced in task order.

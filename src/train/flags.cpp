@@ -50,8 +50,8 @@ DEFINE_int64(eval_batches, 8, "global batches per evaluation");
 DEFINE_double(peak_tflops, 0,
               "peak TFLOP/s per device for MFU; 0 = the card's dense peak for the precision (A100, "
               "H100 SXM/PCIe/NVL, H200), or no MFU on other devices");
-DEFINE_string(init_from, "", "HDF5 weights file (SPEC.md names) to start from");
-DEFINE_string(save_weights, "", "write the final weights here (HDF5, SPEC.md names; rank 0)");
+DEFINE_string(init_from, "", "HDF5 weights file (docs/model.md names) to start from");
+DEFINE_string(save_weights, "", "write the final weights here (HDF5, docs/model.md names; rank 0)");
 // ---- checkpoints
 DEFINE_string(ckpt_dir, "", "checkpoint folder (step_NNNNNNNN/ inside); empty = no checkpoints");
 DEFINE_int64(ckpt_every, 0, "steps between checkpoints; 0 = only at the end and on preemption");

@@ -204,6 +204,9 @@ void Trainer::connect() {
   for (auto& p : model_->parameters()) params.push_back(p);
   reducer_ = std::make_unique<dist::GradReducer>(params, *comm_, cfg_.bucket_mb << 20, ctx_.rank,
                                                  cfg_.zero == 1);
+  // The gate's group all-gathers run inside backward: buckets launched then could interleave with
+  // them differently on different ranks, which NCCL may deadlock on (grad_reducer.h).
+  reducer_->hold_buckets_until_finish(cfg_.context_parallel > 1);
   reducer_->broadcast_params(0);  // every rank starts from rank 0's weights
   const AdamOptions adam{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay,
                          /*decoupled=*/cfg_.optimizer == Optimizer::kAdamW};
@@ -223,7 +226,8 @@ void Trainer::connect() {
               : std::string())
       << ", global batch " << cfg_.batch_size << " x " << cfg_.seq_len << " tokens, " << accum_
       << " micro-step(s) of " << micro_ << " per rank, " << at::get_num_threads()
-      << " threads per rank, " << reducer_->num_buckets() << " gradient buckets, " << cfg_.steps
+      << " threads per rank, " << reducer_->num_buckets() << " gradient buckets"
+      << (cfg_.context_parallel > 1 ? " (launched after backward)" : "") << ", " << cfg_.steps
       << " steps";
 }
 

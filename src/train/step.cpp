@@ -47,6 +47,7 @@ void Trainer::train_step(int64_t step) {
   // Test only: any host sync inside the step body raises (the first step may initialise).
   SyncCheck sync_check(cfg_.debug_sync_check && step > start_step_ && ctx_.device.is_cuda());
   comm_->set_step(step + 1);
+  const double sent_before = bytes_sent();
   timer_->start_step();
   data::Batch batch = loader_->next();
   auto tokens = upload(batch);
@@ -101,6 +102,7 @@ void Trainer::train_step(int64_t step) {
   reducer_->all_gather_params();
   timer_->mark(Phase::kOptimizer);
   sync_check.end();
+  step_bytes_ += bytes_sent() - sent_before;
   ++steps_since_log_;
   tokens_done_ += tokens_per_step;
 }
@@ -144,6 +146,11 @@ std::pair<torch::Tensor, torch::Tensor> Trainer::my_tokens(const torch::Tensor& 
   const int64_t n = cfg_.context_parallel, len = cfg_.seq_len / n;
   const int64_t begin = (ctx_.rank % n) * len;
   return {x.slice(1, begin, begin + len), x.slice(1, begin + 1, begin + len + 1)};
+}
+
+// Bytes this rank has sent over both communicators (counted on the host: no device sync).
+double Trainer::bytes_sent() const {
+  return comm_->bytes_sent() + (group_comm_ ? group_comm_->bytes_sent() : 0.0);
 }
 
 // Sum of the next-token cross entropy over the targets that are not padding.

@@ -122,6 +122,7 @@ void Trainer::report(int64_t step) {
   // wait in MPI on the CPU.
   st.comm_wait_ms = ctx_.device.is_cuda() ? phase_ms[2] * per : 1000.0 * host_comm_s_ * per;
   st.optimizer_ms = phase_ms[3] * per;
+  st.comm_mb = step_bytes_ * per / 1e6;
   st.mfu = mfu(st.tokens_per_s / ctx_.world, static_cast<double>(cfg_.model.num_parameters()),
                peak_tflops_);
   st.on_gpu = ctx_.device.is_cuda();
@@ -132,6 +133,7 @@ void Trainer::report(int64_t step) {
   LOG_IF(INFO, ctx_.is_root()) << log_line(st);
   loss_acc_.zero_();
   host_comm_s_ = 0;
+  step_bytes_ = 0;
   steps_since_log_ = 0;
   window_start_ = Clock::now();
 }

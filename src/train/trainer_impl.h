@@ -79,6 +79,7 @@ class Trainer {
   void check_bad_steps(int64_t step);
   torch::Tensor upload(const data::Batch& batch) const;
   std::pair<torch::Tensor, torch::Tensor> my_tokens(const torch::Tensor& x) const;
+  double bytes_sent() const;
   torch::Tensor token_loss_sum(const torch::Tensor& logits, const torch::Tensor& targets) const;
   torch::Tensor count_targets(const torch::Tensor& targets) const;
 
@@ -116,6 +117,7 @@ class Trainer {
   torch::Tensor loss_acc_, bad_, gnorm_;
   std::unique_ptr<StepTimer> timer_;
   double lr_ = 0, host_comm_s_ = 0;
+  double step_bytes_ = 0;  // sent by this rank inside train_step (dist::Communicator::bytes_sent)
   int64_t steps_since_log_ = 0, skipped_reported_ = 0;
   Clock::time_point window_start_;
 };

@@ -199,7 +199,7 @@ def case_export(a, tmp):
     harness.run([a.export, f"--checkpoint={tmp}/ck", f"--output={tmp}/model.pt"])
     sd = torch.load(f"{tmp}/model.pt")
     model = SamOut(300, 48, 4, 2)
-    model.load_state_dict(sd, strict=True)  # every SPEC name, every shape
+    model.load_state_dict(sd, strict=True)  # every docs/model.md name, every shape
     trained = weights(f"{tmp}/trained.h5")
     for k, v in model.state_dict().items():
         assert np.array_equal(v.numpy(), trained[k]), k

@@ -273,6 +273,75 @@ TEST_P(Dist, AllGatherBlocks) {
   }
 }
 
+// All-gather and broadcast only move data: every dtype, MPI's too (it has no bf16 or fp16 type),
+// bit for bit. Rank r's block is rank_values of rank r, which every rank computes itself.
+TEST_P(Dist, AllGatherAndBroadcastMoveEveryDtypeBitForBit) {
+  for (auto dtype : {torch::kBFloat16, torch::kHalf, torch::kBool, torch::kByte, torch::kShort,
+                     torch::kFloat, torch::kDouble}) {
+    const std::string name = c10::toString(dtype);
+    const auto values = [&](int64_t n, int q, uint64_t salt) {
+      auto v = rank_values(n, q, torch::kDouble, salt);
+      if (dtype == torch::kBool) return v.gt(0);
+      return (dtype == torch::kByte ? v.abs() * 50 : v * 50).to(dtype);
+    };
+    for (int64_t k : {1, 3, 2049}) {
+      const uint64_t salt = 1000 + k;
+      auto flat = torch::zeros({world() * k}, torch::TensorOptions().dtype(dtype));
+      flat.narrow(0, rank() * k, k).copy_(values(k, rank(), salt));
+      flat = flat.to(device());
+      comm().all_gather(flat);
+      const auto got = flat.cpu();
+      for (int q = 0; q < world(); ++q)
+        EXPECT_TRUE(torch::equal(got.narrow(0, q * k, k), values(k, q, salt)))
+            << name << " all-gather, block " << q << " k=" << k;
+      auto t = values(k, rank(), salt + 1).to(device());
+      comm().broadcast(t, /*root=*/1);
+      EXPECT_TRUE(torch::equal(t.cpu(), values(k, 1, salt + 1))) << name << " broadcast k=" << k;
+    }
+  }
+}
+
+// Parts of any size, empty ones too; only this rank's part is defined afterwards, and it is the sum
+// over ranks of that part. Several in flight on views of one buffer, between all-reduces.
+TEST_P(Dist, ReduceScatterUnequalPartsOfOneBuffer) {
+  uint64_t salt = 1100;
+  for (auto dtype : dtypes_of(GetParam())) {
+    for (const auto& counts : std::vector<std::vector<int64_t>>{
+             {3, 5}, {0, 7}, {7, 0}, {1, 1}, {4096, 4099}, {1 << 18, 3}}) {
+      const std::string name = std::string(c10::toString(dtype)) + " parts " +
+                               std::to_string(counts[0]) + ", " + std::to_string(counts[1]);
+      const int64_t n = counts[0] + counts[1];
+      const int64_t offset = rank() == 0 ? 0 : counts[0];
+      // [all-reduced head | reduce-scattered middle | all-reduced tail] of one buffer.
+      auto flat = rank_values(n + 10, rank(), dtype, ++salt).to(device());
+      comm().allreduce_sum_async(flat.narrow(0, 0, 4), "head");
+      comm().reduce_scatter_sum_async(flat.narrow(0, 4, n), counts, "middle");
+      comm().allreduce_sum_async(flat.narrow(0, 4 + n, 6), "tail");
+      comm().wait_all();
+      const auto want = sum_over_ranks(n + 10, dtype, salt);
+      expect_equal(flat.narrow(0, 4 + offset, counts[rank()]),
+                   want.narrow(0, 4 + offset, counts[rank()]), name);
+      expect_equal(flat.narrow(0, 0, 4), want.narrow(0, 0, 4), name + ": the head");
+      expect_equal(flat.narrow(0, 4 + n, 6), want.narrow(0, 4 + n, 6), name + ": the tail");
+    }
+  }
+}
+
+// bytes_sent: the ring algorithms' bytes per rank, the same on every rank.
+TEST_P(Dist, BytesSentFollowTheRingConvention) {
+  const double before = comm().bytes_sent();
+  auto t = torch::zeros({1000}, torch::TensorOptions(device()));  // 4000 bytes
+  comm().allreduce_sum(t);                                        // 2 (W-1)/W 4000 = 4000
+  EXPECT_DOUBLE_EQ(comm().bytes_sent() - before, 4000);
+  comm().reduce_scatter_sum_async(t, {600, 400});  // (W-1)/W 4000 = 2000
+  comm().wait_all();
+  EXPECT_DOUBLE_EQ(comm().bytes_sent() - before, 6000);
+  comm().all_gather(t);  // 2000
+  EXPECT_DOUBLE_EQ(comm().bytes_sent() - before, 8000);
+  comm().broadcast(t, 0);  // 4000
+  EXPECT_DOUBLE_EQ(comm().bytes_sent() - before, 12000);
+}
+
 // ---- GradReducer: layout -----------------------------------------------------------------------
 
 int64_t numel_of(const std::vector<int64_t>& shape) {
@@ -428,6 +497,76 @@ TEST_P(Dist, ReducedGradientsAreSumsOverRanksWithUnevenLastBucket) {
   }
 }
 
+// ZeRO-1 reduce-scatters each bucket in parts cut at the shard boundary: whatever the buckets
+// (one in all, one per parameter, some crossing the boundary), the shard holds the sums over ranks
+// that plain autograd gives, and the launches are in bucket order during backward.
+TEST_P(Dist, ZeroShardHoldsTheSumsWhateverTheBuckets) {
+  for (int64_t bytes : {1, 100, 192, 1 << 20}) {
+    SCOPED_TRACE("bucket_bytes " + std::to_string(bytes));
+    auto m = make_mlp(device());
+    auto params = m->parameters();
+    std::vector<torch::Tensor> want;  // reverse registration order, flattened: the flat layout
+    for (int q = 0; q < world(); ++q) {
+      auto g = torch::autograd::grad({mlp_loss(m, q, 0, device())}, params);
+      for (size_t i = 0; i < g.size(); ++i) {
+        auto flat = g[g.size() - 1 - i].cpu().flatten();
+        if (q == 0) {
+          want.push_back(flat);
+        } else {
+          want[i] = want[i] + flat;
+        }
+      }
+    }
+    const auto all = torch::cat(want);
+    GradReducer reducer(params, comm(), bytes, rank(), /*zero=*/true);
+    reducer.zero_grad();
+    reducer.begin_backward(/*sync=*/true);
+    mlp_loss(m, rank(), 0, device()).backward();
+    const auto during_backward = reducer.launch_order().size();
+    reducer.finish();
+    EXPECT_GE(during_backward, 1u) << "nothing was launched during backward";
+    std::vector<int64_t> in_order(reducer.num_buckets());
+    for (size_t i = 0; i < in_order.size(); ++i) in_order[i] = static_cast<int64_t>(i);
+    EXPECT_EQ(reducer.launch_order(), in_order);
+    const int64_t b = reducer.shard_begin(), e = reducer.shard_end();
+    EXPECT_TRUE(torch::allclose(reducer.flat_grads().narrow(0, b, e - b).cpu(),
+                                all.narrow(0, b, e - b), 1e-6, 1e-7))
+        << "shard [" << b << ", " << e << ")";
+  }
+}
+
+// Held (context parallelism): no bucket is launched during backward, every one by finish(), in
+// bucket order, with the same sums.
+TEST_P(Dist, HeldBucketsLaunchOnlyInFinish) {
+  for (bool zero : {false, true}) {
+    SCOPED_TRACE(zero ? "zero" : "no zero");
+    auto m = make_mlp(device());
+    auto params = m->parameters();
+    GradReducer reducer(params, comm(), /*bytes=*/100, rank(), zero);
+    reducer.hold_buckets_until_finish(true);
+    ASSERT_GT(reducer.num_buckets(), 2);
+    reducer.zero_grad();
+    reducer.begin_backward(/*sync=*/true);
+    mlp_loss(m, rank(), 0, device()).backward();
+    EXPECT_TRUE(reducer.launch_order().empty()) << "a bucket was launched during backward";
+    reducer.finish();
+    std::vector<int64_t> in_order(reducer.num_buckets());
+    for (size_t i = 0; i < in_order.size(); ++i) in_order[i] = static_cast<int64_t>(i);
+    EXPECT_EQ(reducer.launch_order(), in_order);
+    // Every rank's own gradient, summed: what the unheld reducer gives.
+    auto sum = torch::zeros({reducer.numel()});
+    for (int q = 0; q < world(); ++q) {
+      auto g = torch::autograd::grad({mlp_loss(m, q, 0, device())}, params);
+      std::vector<torch::Tensor> flat;
+      for (size_t i = g.size(); i-- > 0;) flat.push_back(g[i].cpu().flatten());
+      sum += torch::cat(flat);
+    }
+    const int64_t b = reducer.shard_begin(), e = reducer.shard_end();
+    EXPECT_TRUE(torch::allclose(reducer.flat_grads().narrow(0, b, e - b).cpu(),
+                                sum.narrow(0, b, e - b), 1e-6, 1e-7));
+  }
+}
+
 // Hooks fire in a different order on the two ranks; collectives must still be issued in the same
 // order everywhere, or MPI pairs rank 0's bucket i with rank 1's bucket j and sums the wrong values.
 TEST_P(Dist, BucketsLaunchInBucketOrderWhateverOrderHooksFire) {
@@ -537,8 +676,9 @@ TEST_P(Dist, BroadcastParamsFromNonZeroRoot) {
 }
 
 // ZeRO-1 with a total that does not divide by the world size: the shards are the padded buffer's
-// equal blocks clipped to the parameters, gradients are summed everywhere, and after each rank
-// writes its shard, all_gather_params brings every rank (and every parameter view) all shards.
+// equal blocks clipped to the parameters, each rank's shard of the gradients is summed, and after
+// each rank writes its shard, all_gather_params brings every rank (and every parameter view) all
+// shards.
 TEST_P(Dist, ZeroShardsOfUnevenTotalAndAllGather) {
   for (const auto& shapes : std::vector<std::vector<std::vector<int64_t>>>{
            {{5}, {6}},  // 11 elements: shards [0, 6) and [6, 11)
@@ -566,11 +706,11 @@ TEST_P(Dist, ZeroShardsOfUnevenTotalAndAllGather) {
     for (auto& p : params) loss = loss + (p * static_cast<float>(rank() + 1)).sum();
     loss.backward();
     reducer.finish();
-    expect_equal(reducer.flat_grads().narrow(0, 0, total), torch::full({total}, 3.0f),
-                 "every gradient summed, not only this rank's shard");
+    const int64_t b = reducer.shard_begin(), e = reducer.shard_end();
+    expect_equal(reducer.flat_grads().narrow(0, b, e - b), torch::full({e - b}, 3.0f),
+                 "this rank's shard of the gradients summed");
 
     // The optimizer's part: rank q writes 1000 q + index into its shard.
-    const int64_t b = reducer.shard_begin(), e = reducer.shard_end();
     {
       torch::NoGradGuard no_grad;
       reducer.flat_params()

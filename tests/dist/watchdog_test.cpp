@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 namespace samout::dist {
@@ -93,6 +94,73 @@ TEST(Watchdog, TheErrorNamesThePendingCollective) {
   EXPECT_NE(f.messages[0].find("pending: NCCL all-gather of the parameters of step 9"),
             std::string::npos)
       << f.messages[0];
+}
+
+// The CUDA device is per-thread state: the NCCL communicator's on_start sets it on the watchdog's
+// thread. A thread_local stands for it here: every query must see what on_start set.
+thread_local int t_device = -1;
+
+TEST(Watchdog, OnStartRunsOnItsThreadBeforeAnyQuery) {
+  Failures f;
+  std::mutex mu;
+  std::vector<int> seen;  // t_device at each error() and done() call
+  std::atomic<int> starts{0};
+  std::thread::id start_thread;
+  const auto see = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(t_device);
+  };
+  std::atomic<bool> done{false};
+  {
+    Watchdog w(
+        1000.0,
+        [&] {
+          see();
+          return std::string();
+        },
+        [&](const std::string& m) { f.add(m); }, Watchdog::kDefaultPoll,
+        [&] {
+          std::this_thread::sleep_for(20ms);  // a slow start must still come first
+          start_thread = std::this_thread::get_id();
+          t_device = 3;
+          ++starts;
+        });
+    w.watch("NCCL all-reduce of gradient bucket 1/1", 1, [&] {
+      see();
+      return done.load();
+    });
+    ASSERT_TRUE(wait_for(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          return seen.size() >= 4;
+        },
+        2000ms));
+    done = true;
+    EXPECT_TRUE(wait_for([&] { return w.pending() == 0; }, 1000ms));
+  }
+  EXPECT_EQ(starts.load(), 1);
+  EXPECT_NE(start_thread, std::this_thread::get_id());
+  EXPECT_EQ(t_device, -1);  // this thread's own device is untouched
+  for (int d : seen) EXPECT_EQ(d, 3);
+  EXPECT_EQ(f.count(), 0u);
+}
+
+TEST(Watchdog, AFailedStartFailsAndPollsNothing) {
+  Failures f;
+  std::atomic<int> queries{0};
+  Watchdog w(
+      1000.0,
+      [&] {
+        ++queries;
+        return std::string();
+      },
+      [&](const std::string& m) { f.add(m); }, Watchdog::kDefaultPoll,
+      [] { throw std::runtime_error("CUDA error: invalid device ordinal"); });
+  ASSERT_TRUE(wait_for([&] { return f.count() == 1; }, 2000ms));
+  EXPECT_NE(f.messages[0].find("invalid device ordinal"), std::string::npos) << f.messages[0];
+  EXPECT_TRUE(w.failed());
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(queries.load(), 0);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Tests of the generation Session on CUDA (ctest label gpu): the step replayed as a CUDA graph
 // against eager steps, and eager steps on the GPU against eager steps on the CPU (fp32, the same
 // weights). Without a GPU every test is skipped ("no CUDA device"), which ctest reports as skipped.
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -70,6 +72,36 @@ TEST_F(SessionCuda, GpuEagerMatchesCpuEager) {
     for (size_t l = 0; l < cpu.state().size(); ++l)
       expect_close(gpu.state()[l], cpu.state()[l], "state of layer " + std::to_string(l), kRtol);
   }
+}
+
+// A model on the last GPU while GPU 0 is current (a rank's thread that never set its device): the
+// session makes the model's device current around each launch, eager and graphed, and gives the
+// caller's current device back.
+TEST_F(SessionCuda, RunsOnTheModelsGpuWhateverIsCurrent) {
+  const auto gpus = torch::cuda::device_count();
+  if (gpus < 2) GTEST_SKIP() << "needs two GPUs, this machine has " << gpus;
+  const torch::Device last(torch::kCUDA, static_cast<c10::DeviceIndex>(gpus - 1));
+  c10::DeviceGuard current(torch::Device(torch::kCUDA, 0));
+  const auto* cuda = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+  auto model = tiny_model(5);
+  auto reference = tiny_model(5);  // the same weights, on the CPU
+  model->to(last);
+  auto tokens = torch::randint(0, 97, {2, 12}, torch::kLong);
+  Session eager(model, false), graphed(model, true), cpu(reference);
+  auto want = cpu.prefill(tokens.narrow(1, 0, 4));
+  constexpr double kRtol = 1e-4;  // GPU against CPU, as above
+  expect_close(eager.prefill(tokens.narrow(1, 0, 4).to(last)), want, "prefill", kRtol);
+  expect_close(graphed.prefill(tokens.narrow(1, 0, 4).to(last)), want, "graphed prefill", kRtol);
+  for (int64_t t = 4; t < 12; ++t) {
+    want = cpu.step(tokens.select(1, t));
+    expect_close(eager.step(tokens.select(1, t).to(last)), want, "step " + std::to_string(t),
+                 kRtol);
+    expect_close(graphed.step(tokens.select(1, t).to(last)), want,
+                 "graphed step " + std::to_string(t), kRtol);
+    EXPECT_EQ(cuda->getDevice().index(), 0) << "step " << t;
+  }
+  EXPECT_TRUE(graphed.graph_captured());
+  EXPECT_EQ(graphed.state()[0].device(), last);
 }
 
 }  // namespace

@@ -3,6 +3,9 @@
     python tests/launch/test_gpu_check.py no_gpu             the one-line refusal, exit 2
     python tests/launch/test_gpu_check.py report --ddp B --generate B --opbench B  the parsers on real program outputs
     python tests/launch/test_gpu_check.py flow               the whole script on stand-in programs
+    python tests/launch/test_gpu_check.py dry_run            --dry_run's plan, nothing written
+    python tests/launch/test_gpu_check.py build_fails        a failed configure or build stops the run
+    python tests/launch/test_gpu_check.py rerun              a second run skips what passed
 
 no_gpu: without nvidia-smi, and with an nvidia-smi that lists a GPU torch cannot use, the script
 prints exactly one line and exits 2, writing nothing. Where a real GPU is present the case is
@@ -15,7 +18,18 @@ flow: gpu_check.sh with GPU_CHECK_ASSUME_GPU=1 and stand-ins (build folder with 
 samout_ddp, bench_generate, bench_cummax_gate, compute-sanitizer, nvidia-smi, a python that answers
 for pytorch_seed_loop.py): every stage is recorded in order, a failed stage and a hung one (killed at
 its --cap, status timeout) do not stop the later ones, results.md/json hold every figure, the
-table is printed last, the exit status is 1; with --budget=5 every stage is skipped for time.
+table is printed last, the exit status is 1; a gpu test whose program was not built is left out;
+with --budget=5 every stage is skipped for time.
+dry_run: `gpu_check.sh --dry_run` exits 0 without a GPU, writes nothing, and prints the stages in the
+required order (samout's measurements, then the three PyTorch peers, then the correctness stages),
+their caps summing to the printed total within the 360 s budget, and the targets built (each a
+target of this project); --only/--skip change the plan.
+build_fails: with a stand-in cmake whose build (then whose configure) fails, the run stops with
+exactly one line after the build's start, exit 1, results.md written, no later stage or peer run.
+rerun: a first run (stand-in cmake) where one stage fails, then a second with the same build
+folder: configure is not run again, the build runs as a no-op, the stages that passed are not run
+but are carried into the new table with their logs, the failed one runs and passes (exit 0); a
+stage that timed out gets twice its cap, and other sources make every stage run again.
 """
 import json
 import os
@@ -161,6 +175,30 @@ def case_report(a, tmp):
            os.path.join(logs, "ctest_skip.log"), "--parse", "ctest")
     s = stage(load(out), "ctest_skip")
     check(s["status"] == "fail" and "skipped on a GPU machine" in s["note"], s)
+    # With ctest's JUnit file: a test that skips saying it needs two GPUs is not a failure on one;
+    # one that skips for want of CUDA still is.
+    d = os.path.join(tmp, "ctest_two")
+    os.makedirs(d)
+    write(os.path.join(d, "CTestTestfile.cmake"),
+          'add_test(ops.good "true")\n'
+          'add_test(ops.two "sh" "-c" "echo needs two GPUs; exit 77")\n'
+          'set_tests_properties(ops.two PROPERTIES SKIP_RETURN_CODE 77)\n')
+    junit = os.path.join(logs, "ctest_two.xml")
+    p = subprocess.run(["ctest", "--test-dir", d, "--output-on-failure", "--output-junit", junit],
+                       capture_output=True, text=True, timeout=120)
+    write(os.path.join(logs, "ctest_two.log"), p.stdout + p.stderr)
+    for sid, extra, want in (("ctest_two", ["--junit", junit], "pass"), ("ctest_two_nojunit", [], "fail")):
+        report(out, "stage", sid, "--status", "pass", "--log", os.path.join(logs, "ctest_two.log"),
+               "--parse", "ctest", *extra)
+        s = stage(load(out), sid)
+        check(s["status"] == want, s)
+    check(stage(load(out), "ctest_two")["figures"]["skipped_multi_gpu"] == ["ops.two"], s)
+    junit = os.path.join(logs, "ctest_full.xml")
+    subprocess.run(["ctest", "--test-dir", os.path.join(tmp, "ctest"), "-L", "gpu", "--output-junit",
+                    junit], capture_output=True, timeout=120)
+    report(out, "stage", "ctest_skip", "--status", "pass", "--log",
+           os.path.join(logs, "ctest_skip.log"), "--parse", "ctest", "--junit", junit)
+    check(stage(load(out), "ctest_skip")["status"] == "fail", "a test without CUDA passed")
 
     # memcheck: an error in the summary fails a run whose exit status was 0.
     write(os.path.join(logs, "memcheck.log"),
@@ -288,7 +326,9 @@ def case_report(a, tmp):
 
 FAKE_DDP = r'''
 #!PYTHON
-import json, sys
+import json, os, sys
+if os.environ.get("FAKE_CALLS"):
+    open(os.environ["FAKE_CALLS"], "a").write("samout_ddp " + " ".join(sys.argv[1:]) + "\n")
 a = dict(x[2:].split("=", 1) for x in sys.argv[1:] if x.startswith("--") and "=" in x)
 b, t = int(a["batch_size"]), int(a["seq_len"])
 base = {1024: 600000.0, 49: 250000.0, 8192: 300000.0}[t]
@@ -304,6 +344,7 @@ print("fake samout_ddp", " ".join(sys.argv[1:]))
 
 FAKE_GENERATE = r'''
 #!/bin/sh
+[ -n "${FAKE_CALLS:-}" ] && echo "bench_generate $*" >> "$FAKE_CALLS"
 [ -n "${FAKE_HANG_DECODE:-}" ] && exec sleep 600
 cat <<EOF
 model: V=8460 d=512 L=8 h=8, 21266480 parameters, device cuda, threads 16, CUDA graph
@@ -362,7 +403,8 @@ FAKE_PYTHON = r'''
 #!/bin/sh
 # The PyTorch peers answer from here; anything else goes to the real interpreter.
 case "$1" in
-  *pytorch_seed_loop.py) exec REALPY - "$@" <<'EOF'
+  *pytorch_seed_loop.py) [ -n "${FAKE_CALLS:-}" ] && echo "peer $*" >> "$FAKE_CALLS"
+    exec REALPY - "$@" <<'EOF'
 import json, sys
 a = dict(x[2:].split("=", 1) if "=" in x else (x[2:], True) for x in sys.argv[2:] if x.startswith("--"))
 t = int(a["seq_len"])
@@ -383,16 +425,49 @@ EOF
 esac
 '''
 
+# MPI_FAILS: while that file exists, the 2-rank test fails. ops.not_built names a program that
+# was not built: gpu_check must leave it out rather than count it as a failure. ops.two_gpus skips
+# on one GPU, saying why: not a failure either.
 CTEST_FILE = '''
 add_test(ops.cuda_forward "true")
 set_tests_properties(ops.cuda_forward PROPERTIES LABELS gpu)
 add_test(generate.cuda_graph "true")
 set_tests_properties(generate.cuda_graph PROPERTIES LABELS gpu)
+add_test(ops.not_built "BUILD/bin/not_built_cuda_test")
+set_tests_properties(ops.not_built PROPERTIES LABELS gpu)
+add_test(ops.two_gpus "sh" "-c" "echo needs two GPUs; exit 77")
+set_tests_properties(ops.two_gpus PROPERTIES LABELS gpu SKIP_RETURN_CODE 77)
 add_test(train.gpu_sync_free "true")
 set_tests_properties(train.gpu_sync_free PROPERTIES LABELS gpu)
-add_test(train.gpu_mpi_two_ranks "sh" "-c" "echo losses differ; exit 1")
+add_test(train.gpu_mpi_two_ranks "sh" "-c" "if test -e MPI_FAILS; then echo losses differ; exit 1; fi")
 set_tests_properties(train.gpu_mpi_two_ranks PROPERTIES LABELS gpu)
 add_test(ops.cpu_only "false")
+'''
+
+# cmake: --version; a configure (-S ROOT -B BUILD ...) that writes a cache; a build (--build) that
+# has nothing to do. FAKE_CONFIGURE_FAIL / FAKE_BUILD_FAIL make them fail as the real ones would.
+FAKE_CMAKE = r'''
+#!/bin/sh
+[ -n "${FAKE_CALLS:-}" ] && echo "cmake $*" >> "$FAKE_CALLS"
+case "$1" in
+  --version) echo "cmake version 3.99.0"; exit 0 ;;
+  --build)
+    if [ -n "${FAKE_BUILD_FAIL:-}" ]; then
+      echo "[1/9] Building CUDA object src/ops/CMakeFiles/samout_ops.dir/cummax_gate_bf16.cu.o"
+      echo "FAILED: src/ops/CMakeFiles/samout_ops.dir/cummax_gate_bf16.cu.o"
+      echo "/x/src/ops/cummax_gate_bf16.cu(12): error: identifier \"m\" is undefined"
+      echo "ninja: build stopped: subcommand failed."
+      exit 1
+    fi
+    echo "ninja: no work to do."; exit 0 ;;
+esac
+if [ -n "${FAKE_CONFIGURE_FAIL:-}" ]; then
+  echo "CMake Error at CMakeLists.txt:77 (find_package): Could not find a package \"Torch\""
+  exit 1
+fi
+while [ $# -gt 0 ]; do [ "$1" = -B ] && b="$2"; shift; done
+mkdir -p "$b" && echo "CMAKE_GENERATOR:INTERNAL=Ninja" > "$b/CMakeCache.txt"
+echo "-- samout: CUDA kernels ON, NCCL ON"
 '''
 
 
@@ -408,18 +483,25 @@ def make_fakes(tmp):
                        (os.path.join(build, "bin", "cummax_gate_cuda_test"), FAKE_TEST_BIN),
                        (os.path.join(fb, "compute-sanitizer"), FAKE_SANITIZER),
                        (os.path.join(fb, "nvidia-smi"), FAKE_SMI),
-                       (os.path.join(fb, "python-fake"), FAKE_PYTHON)):
+                       (os.path.join(fb, "python-fake"), FAKE_PYTHON),
+                       (os.path.join(fb, "cmake"), FAKE_CMAKE)):
         write_exe(path, text.replace("#!PYTHON", "#!" + py).replace("REALPY", py))
-    write(os.path.join(build, "CTestTestfile.cmake"), CTEST_FILE)
+    write(os.path.join(build, "CTestTestfile.cmake"),
+          CTEST_FILE.replace("BUILD", build).replace("MPI_FAILS", os.path.join(tmp, "mpi_fails")))
+    write(os.path.join(tmp, "mpi_fails"), "")
     return fb, build
 
 
-def run_flow(tmp, fb, build, out, *extra, env_extra=None):
+def run_flow(tmp, fb, build, out, *extra, env_extra=None, skip_build=True):
+    """gpu_check.sh on the stand-ins; without skip_build its configure and build call the stand-in
+    cmake (first on PATH)."""
     env = dict(os.environ, PATH=fb + os.pathsep + os.environ["PATH"], GPU_CHECK_ASSUME_GPU="1",
                GPU_CHECK_SYSROOT=os.path.join(tmp, "sysroot"), **(env_extra or {}))
     env.pop("OUT", None)
-    cmd = ["bash", SCRIPT, f"--out={out}", f"--build={build}", "--skip=configure,build",
+    cmd = ["bash", SCRIPT, f"--out={out}", f"--build={build}",
            f"--python={os.path.join(fb, 'python-fake')}", *extra]
+    if skip_build:
+        cmd.insert(4, "--skip=configure,build")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     print(p.stdout[-6000:])
     if p.stderr.strip():
@@ -441,11 +523,14 @@ def case_flow(a, tmp):
     want = {sid: "pass" for sid in plan}
     want.update(mpi_two_ranks="fail", decode="timeout")
     check(status == want, f"statuses {status}")
-    g = stage(res, "gpu_ctest")["figures"]
-    check(g["tests"] == 2 and g["passed"] == 2, g)  # -L gpu without the two run on their own
-    t = stage(res, "train_32x1024_bf16")
+    g = stage(res, "gpu_ctest")
+    # -L gpu without the two run on their own, and without the one whose program is missing.
+    check(g["figures"]["tests"] == 3 and g["figures"]["passed"] == 2, g)
+    check("not built, not run: ops.not_built" in g.get("note", ""), g)
+    check(g["figures"]["skipped_multi_gpu"] == ["ops.two_gpus"] and g["figures"]["skipped"] == 0, g)
+    t = stage(res, "train_32x1024_bf16")  # 30 steps, a window every 5: windows 2-5 after warm-up
     close(t["figures"]["tokens_per_s"], statistics.median(
-        [600000.0 * (1.0 + 0.01 * (i % 3)) for i in range(2, 8)]), "median after warm-up")
+        [600000.0 * (1.0 + 0.01 * (i % 3)) for i in range(2, 6)]), "median after warm-up")
     close(t["comparison"]["ratio"], t["figures"]["tokens_per_s"] / 600000.0, "ratio vs bf16 eager")
     check(t["comparison"]["vs"] == "bf16 eager + fused Adam", t["comparison"])
     check(t["figures"]["smi_peak_mib"] == 2048.0, t["figures"])
@@ -455,22 +540,230 @@ def case_flow(a, tmp):
     check(res["meta"]["card"] == "NVIDIA H200" and "wall_s" in res["meta"], res["meta"])
     tail = p.stdout.rstrip().splitlines()
     check(tail[-1].startswith("gpu_check: not passed: ") and "decode=timeout" in tail[-1], tail[-1])
-    check(any(l.startswith("| 5 samout train B=32 T=1024 bf16 | pass") for l in tail[-25:]),
+    check(any(l.startswith("| 1 samout train B=32 T=1024 bf16 | pass") for l in tail[-25:]),
           "the table is not printed last")
     md = open(os.path.join(out, "results.md")).read()
-    check("| 6 samout decode batch 1, CUDA graph | timeout |" in md, md)
-    for sid in plan + ["peer_compile_prewarm"]:
+    check("| 2 samout decode batch 1, CUDA graph | timeout |" in md, md)
+    for sid in plan:
         check(os.path.exists(os.path.join(out, "logs", sid + ".log")), f"no log for {sid}")
+    check(not os.path.exists(os.path.join(out, "logs", "peer_compile_prewarm.log")), "a prewarm ran")
 
-    # A budget too small for anything: every stage is recorded as skipped, none is started.
+    # A budget too small for anything: every stage is recorded as skipped, none is started
+    # (--force: the first run's passes, kept in the build folder, would be carried otherwise).
     out2 = os.path.join(tmp, "out2")
-    p = run_flow(tmp, fb, build, out2, "--budget=5", "--no_prewarm")
+    p = run_flow(tmp, fb, build, out2, "--budget=5", "--force")
     check(p.returncode == 1, f"exit {p.returncode}")
     res = load(out2)
     check(all(s["status"] == "skipped" and "out of time" in s["note"] for s in res["stages"])
           and len(res["stages"]) == len(res["plan"]), res["stages"])
     check(not os.path.exists(os.path.join(out2, "logs", "gpu_ctest.log")), "a skipped stage ran")
     print("flow: ok")
+
+
+# ---- dry_run --------------------------------------------------------------------------------------
+
+# The order the issue asks for: samout measured first, then the strongest peers, then correctness.
+ORDER = ["configure", "build", "train_32x1024_bf16", "train_32x49_fp32", "train_4x8192_bf16",
+         "decode", "opbench", "peer_32x1024_bf16", "peer_32x49_compile", "peer_4x8192_bf16",
+         "gpu_ctest", "memcheck", "sync_free", "mpi_two_ranks"]
+CORRECTNESS = {"gpu_ctest", "memcheck", "sync_free", "mpi_two_ranks"}
+SAMOUT = {"train_32x1024_bf16", "train_32x49_fp32", "train_4x8192_bf16", "decode", "opbench"}
+
+
+def dry_run(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    env.pop("OUT", None)
+    p = subprocess.run(["bash", SCRIPT, "--dry_run", *args], capture_output=True, text=True, env=env,
+                       timeout=120)
+    print(p.stdout + p.stderr)
+    check(p.returncode == 0, f"--dry_run exited {p.returncode}")
+    check(not p.stderr.strip(), f"--dry_run wrote to stderr: {p.stderr}")
+    return parse_plan(p.stdout)
+
+
+def parse_plan(text):
+    """{"run": [(id, cap)], "carried": [ids], "targets": [...], "total": N, "budget": N}."""
+    plan = {"run": [], "carried": [], "targets": [], "total": None, "budget": None, "text": text}
+    for line in text.splitlines():
+        m = re.match(r"^  (\S+)\s+(\d+) s  \S", line)
+        if m:
+            plan["run"].append((m.group(1), int(m.group(2))))
+        m = re.match(r"^  (\S+)\s+carried  \S", line)
+        if m:
+            plan["carried"].append(m.group(1))
+        m = re.match(r"^  targets: (.*)$", line)
+        if m:
+            plan["targets"] = [] if m.group(1) == "(none)" else m.group(1).split()
+        m = re.match(r"^  total (\d+) s \(budget (\d+) s\)", line)
+        if m:
+            plan["total"], plan["budget"] = int(m.group(1)), int(m.group(2))
+    return plan
+
+
+def cmake_targets():
+    """Every add_executable/add_library name in the project's CMakeLists.txt files."""
+    names = set()
+    for d, _, files in os.walk(ROOT):
+        if "CMakeLists.txt" in files and not os.path.relpath(d, ROOT).startswith(("build", ".")):
+            text = open(os.path.join(d, "CMakeLists.txt")).read()
+            names.update(re.findall(r"add_(?:executable|library)\(\s*([A-Za-z0-9_]+)", text))
+            for body in re.findall(r"foreach\(name ([^)]*)\)", text):  # <name>_test loops
+                names.update(n + "_test" for n in body.split())
+    return names
+
+
+def case_dry_run(a, tmp):
+    out, build = os.path.join(tmp, "out"), os.path.join(tmp, "build")
+    env = {"PATH": os.environ["PATH"]}  # no GPU_CHECK_* from outside
+    plan = dry_run(f"--out={out}", f"--build={build}", env_extra=env)
+    ids = [i for i, _ in plan["run"]]
+    check(ids[0] == "setup" and ids[1:] == ORDER, f"stages {ids}")
+    last_samout = max(ids.index(i) for i in SAMOUT)
+    check(all(ids.index(i) > last_samout for i in CORRECTNESS | {i for i in ids if i.startswith("peer")}),
+          "a peer or a correctness stage comes before samout's measurements")
+    check(all(ids.index(i) > ids.index("peer_4x8192_bf16") for i in CORRECTNESS), ids)
+    check(plan["total"] == sum(c for _, c in plan["run"]), f"total {plan['total']} != the sum of caps")
+    check(plan["budget"] == 360 and plan["total"] <= 360, f"total {plan['total']}, budget {plan['budget']}")
+    check(not any("fp32 eager" in l for l in plan["text"].splitlines()), "an fp32 eager peer is planned")
+    want = {"samout_ddp", "bench_generate", "bench_cummax_gate", "cummax_gate_cuda_test",
+            "generate_cuda_test", "samout_ops", "samout_prep"}
+    check(set(plan["targets"]) == want, f"targets {plan['targets']}")
+    unknown = set(plan["targets"]) - cmake_targets()
+    check(not unknown, f"not targets of this project: {unknown}")
+    check(f"--target {' '.join(plan['targets'])}" in plan["text"], "no build command")
+    check(not os.path.exists(out) and not os.path.exists(build), "--dry_run wrote a folder")
+    # The default folders: nothing made either.
+    before = {d: os.path.exists(os.path.join(ROOT, d)) for d in ("build-gpu", "runs")}
+    dry_run(env_extra=env)
+    check({d: os.path.exists(os.path.join(ROOT, d)) for d in before} == before, "--dry_run made a folder")
+    # --only=peers needs no build; --skip drops a stage and its cap.
+    p = dry_run("--only=peers", f"--build={build}", env_extra=env)
+    check([i for i, _ in p["run"]] == ["setup", "peer_32x1024_bf16", "peer_32x49_compile",
+                                       "peer_4x8192_bf16"] and p["targets"] == [], p["run"])
+    p = dry_run("--skip=memcheck,train", "--cap=gpu_ctest:50", f"--build={build}", env_extra=env)
+    caps = dict(p["run"])
+    check("memcheck" not in caps and not any(i.startswith("train") for i in caps), caps)
+    check(caps["gpu_ctest"] == 50 and p["total"] == sum(caps.values()), p["run"])
+    check(not os.path.exists(build), "--dry_run wrote a folder")
+    print("dry_run: ok")
+
+
+# ---- build_fails ----------------------------------------------------------------------------------
+
+def calls(path):
+    return open(path).read().splitlines() if os.path.exists(path) else []
+
+
+def case_build_fails(a, tmp):
+    fb, build = make_fakes(tmp)
+    for what, var in (("build", "FAKE_BUILD_FAIL"), ("configure", "FAKE_CONFIGURE_FAIL")):
+        out, log = os.path.join(tmp, "out_" + what), os.path.join(tmp, what + ".calls")
+        p = run_flow(tmp, fb, build, out, "--force", skip_build=False,
+                     env_extra={var: "1", "FAKE_CALLS": log})
+        check(p.returncode == 1, f"{what}: exit {p.returncode}, expected 1")
+        lines = p.stdout.rstrip("\n").splitlines()
+        start = [i for i, l in enumerate(lines) if l.startswith(f"gpu_check: -- {what}")]
+        check(len(start) == 1, f"{what} did not start once: {lines}")
+        after = lines[start[0] + 1:]
+        check(len(after) == 1, f"{what}: expected exactly one line after its start, got {after}")
+        check(re.match(rf"gpu_check: {what} failed after \d+ s \(see logs/{what}\.log; first error: .*[Ee]rror.*\); stopping$",
+                       after[0]) is not None, after[0])
+        check(not p.stderr.strip(), p.stderr)
+        res = load(out)
+        ids = [s["id"] for s in res["stages"]]
+        check(ids == (["configure", "build"] if what == "build" else ["configure"]), ids)
+        check(stage(res, what)["status"] == "fail", stage(res, what))
+        md = open(os.path.join(out, "results.md")).read()
+        check(f"| {stage(res, what)['title']} | fail |" in md and "| not run |" in md, md)
+        made = calls(log)
+        check(not any(c.startswith(("samout_ddp", "peer", "bench_generate")) for c in made),
+              f"a later stage ran: {made}")
+        check(sum(c.startswith("cmake --build") for c in made) == (what == "build"), made)
+        check(not os.path.exists(os.path.join(out, "logs", "gpu_ctest.log")), "ctest ran")
+        shutil.rmtree(os.path.join(build, "gpu_check"), ignore_errors=True)
+    print("build_fails: ok")
+
+
+# ---- rerun ----------------------------------------------------------------------------------------
+
+def case_rerun(a, tmp):
+    fb, build = make_fakes(tmp)
+    log = os.path.join(tmp, "calls")
+    # The sources the rerun stamp is made of: a tree of this test's (the checkout may change
+    # under a test that runs while others edit it).
+    src = os.path.join(tmp, "sources")
+    os.makedirs(os.path.join(src, "src"))
+    write(os.path.join(src, "src", "op.cu"), "// v1\n")
+    env = {"FAKE_CALLS": log, "GPU_CHECK_SOURCES": src}
+    path = {"PATH": fb + os.pathsep + os.environ["PATH"], "GPU_CHECK_SOURCES": src}
+    out1 = os.path.join(tmp, "out1")
+    p = run_flow(tmp, fb, build, out1, skip_build=False, env_extra=env)
+    check(p.returncode == 1, f"first run: exit {p.returncode}")
+    res1 = load(out1)
+    status1 = {s["id"]: s["status"] for s in res1["stages"]}
+    check(status1 == {i: ("fail" if i == "mpi_two_ranks" else "pass") for i in ORDER}, status1)
+    first = calls(log)
+    check(sum(c.startswith("cmake -S") for c in first) == 1
+          and sum(c.startswith("cmake --build") for c in first) == 1, first)
+
+    # The plan of the rerun: only the failed stage, and the build it needs (a no-op).
+    plan = dry_run(f"--build={build}", env_extra=path)
+    check([i for i, _ in plan["run"]] == ["setup", "build", "mpi_two_ranks"], plan["run"])
+    check(plan["carried"] == [i for i in ORDER if i not in ("build", "mpi_two_ranks")], plan["carried"])
+    check(plan["targets"] == ["samout_ddp"], plan["targets"])
+
+    os.remove(os.path.join(tmp, "mpi_fails"))  # what the fix would do
+    out2 = os.path.join(tmp, "out2")
+    p = run_flow(tmp, fb, build, out2, skip_build=False, env_extra=env)
+    check(p.returncode == 0, f"rerun: exit {p.returncode}")
+    second = calls(log)[len(first):]
+    check(not any(c.startswith("cmake -S") for c in second), f"configure ran again: {second}")
+    builds = [c for c in second if c.startswith("cmake --build")]
+    check(len(builds) == 1 and "--target samout_ddp " in builds[0] + " ", builds)
+    check(not any(c.startswith(("samout_ddp", "peer", "bench_generate")) for c in second),
+          f"a stage that passed ran again: {second}")
+    res2 = load(out2)
+    by_id = {s["id"]: s for s in res2["stages"]}
+    check([pid for pid, _ in res2["plan"]] == ORDER, res2["plan"])
+    check(all(by_id[i]["status"] == "pass" for i in ORDER), {i: by_id[i]["status"] for i in ORDER})
+    for i in ORDER:
+        if i in ("build", "mpi_two_ranks"):
+            check("carried_from" not in by_id[i], by_id[i])
+        else:
+            check(by_id[i]["carried_from"] == res1["meta"]["date"], by_id[i])
+            check(by_id[i] == {**stage(res1, i), "carried_from": res1["meta"]["date"]}, i)
+            if by_id[i].get("log"):
+                check(os.path.exists(os.path.join(out2, by_id[i]["log"])), f"no log for {i}")
+    t = by_id["train_32x1024_bf16"]
+    check(t["comparison"]["vs"] == "bf16 eager + fused Adam", t)  # ratios from carried peers
+    md = open(os.path.join(out2, "results.md")).read()
+    check("passed in the earlier run of " + res1["meta"]["date"] in md, md)
+    check("gpu_check: every stage passed" in p.stdout, p.stdout[-500:])
+
+    # A stage that timed out gets twice its cap on the rerun.
+    state = os.path.join(build, "gpu_check", "results.json")
+    doc = json.load(open(state))
+    for st in doc["stages"]:
+        if st["id"] == "decode":
+            st["status"] = "timeout"
+    write(state, json.dumps(doc))
+    plan = dry_run(f"--build={build}", env_extra=path)
+    check(dict(plan["run"]).get("decode") == 24, plan["run"])
+    check("decode" not in plan["carried"] and len(plan["carried"]) == len(ORDER) - 2, plan["carried"])
+    plan = dry_run(f"--build={build}", "--force", env_extra=path)
+    check(not plan["carried"] and "  rerun:" not in plan["text"], plan["text"])
+    plan = dry_run(f"--build={build}", "--only=train", env_extra=path)
+    check([i for i, _ in plan["run"]] == ["setup", "build", "train_32x1024_bf16", "train_32x49_fp32",
+                                          "train_4x8192_bf16"] and plan["carried"] == ["configure"],
+          plan["text"])
+    # Another architecture, or an edited source: every stage runs again.
+    for extra in ({"GPU_CHECK_CUDA_ARCH": "100"}, {}):
+        if not extra:
+            write(os.path.join(src, "src", "op.cu"), "// v2\n")
+        plan = dry_run(f"--build={build}", env_extra={**path, **extra})
+        check("ran on other sources" in plan["text"] and not plan["carried"]
+              and [i for i, _ in plan["run"]][1:] == ORDER, plan["run"])
+    print("rerun: ok")
 
 
 def main():

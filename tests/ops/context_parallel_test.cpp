@@ -147,7 +147,7 @@ TEST(ContextParallelGate, InferenceNeedsNoGraph) {
 namespace samout::ops {
 namespace {
 
-// The slice scans against SCAN.md's rules written directly on tensors: C_0 = -inf,
+// The slice scans against docs/scan.md's rules written directly on tensors: C_0 = -inf,
 // C_j = take_max(C_{j-1}, M_{j-1}); R_j = G_j + (slice j wholly carried ? R_{j+1} : 0).
 void expect_slice_scans(torch::Device device, torch::ScalarType dtype) {
   torch::manual_seed(7);

@@ -19,10 +19,15 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <ostream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -39,15 +44,87 @@ using namespace gate_cuda;  // NOLINT: the test exercises this namespace through
 
 // ---- The emulated device ------------------------------------------------------------------------
 
-// The threads an H200 holds at once for the output and chunk kernels: 132 SMs times the occupancy
-// ptxas reports for them (3 blocks of 128 at ~150 registers for fp32/fp64, 2 at ~195 for bf16).
-int64_t h200_resident(torch::ScalarType dtype) {
-  return 132 * kThreads * (dtype == torch::kBFloat16 ? 2 : 3);
+// ---- The kernels as compiled: ptxas -v's figures (cmake/ptxas_report.sh) ------------------------
+
+struct KernelFigures {
+  int registers = -1, smem = 0, stack = 0, spill = 0;
+};
+
+// "output" or "chunk", dtype, VEC -> figures, from every <build>/kernel_resources/*.txt; empty when
+// the build has no CUDA kernels.
+using KernelKey = std::tuple<std::string, torch::ScalarType, int>;
+
+std::map<KernelKey, KernelFigures> read_kernel_resources() {
+  std::map<KernelKey, KernelFigures> found;
+#ifdef SAMOUT_KERNEL_RESOURCES
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(SAMOUT_KERNEL_RESOURCES)) return found;
+  const std::regex entry(
+      "Compiling entry function '.*?(output|chunk)_kernelI(f|d|N3c108BFloat16E)Li([0-9]+)E");
+  const std::regex other_entry("Compiling entry function");
+  const std::regex frame("([0-9]+) bytes stack frame, ([0-9]+) bytes spill stores");
+  const std::regex used("Used ([0-9]+) registers");
+  const std::regex smem("([0-9]+) bytes smem");
+  for (const auto& file : fs::directory_iterator(SAMOUT_KERNEL_RESOURCES)) {
+    std::ifstream in(file.path());
+    std::string line;
+    KernelFigures* cur = nullptr;
+    std::smatch m;
+    while (std::getline(in, line)) {
+      if (std::regex_search(line, m, entry)) {
+        const torch::ScalarType dt = m[2] == "f"   ? torch::kFloat
+                                     : m[2] == "d" ? torch::kDouble
+                                                   : torch::kBFloat16;
+        cur = &found[{m[1], dt, std::stoi(m[3])}];
+      } else if (std::regex_search(line, other_entry)) {
+        cur = nullptr;
+      } else if (cur && std::regex_search(line, m, frame)) {
+        cur->stack = std::stoi(m[1]);
+        cur->spill = std::stoi(m[2]);
+      } else if (cur && std::regex_search(line, m, used)) {
+        cur->registers = std::stoi(m[1]);
+        if (std::regex_search(line, m, smem)) cur->smem = std::stoi(m[1]);
+      }
+    }
+  }
+#endif
+  return found;
+}
+
+const std::map<KernelKey, KernelFigures>& kernel_resources() {
+  static const auto figures = read_kernel_resources();
+  return figures;
+}
+
+// Resident blocks of kThreads threads per SM on sm_90 (H100, H200), as the CUDA occupancy
+// calculator counts them: registers allocated per warp in units of 256 and warps in groups of 4
+// out of 64K registers; at most 64 warps and 32 blocks; 228 KiB of shared memory, 1 KiB of it
+// reserved per block.
+int sm90_blocks_per_sm(int registers, int smem) {
+  constexpr int kRegsPerSm = 65536, kMaxWarps = 64, kMaxBlocks = 32, kSmemPerSm = 228 * 1024;
+  const int warps_per_block = kThreads / kWarp;
+  const int regs_per_warp = (registers * kWarp + 255) / 256 * 256;
+  const int warps_by_regs = kRegsPerSm / regs_per_warp / 4 * 4;
+  const int by_regs = warps_by_regs / warps_per_block;
+  const int by_smem = kSmemPerSm / (smem + 1024);
+  return std::min({by_regs, by_smem, kMaxWarps / warps_per_block, kMaxBlocks});
+}
+
+// The threads an H200 (132 SMs) holds at once for the output and chunk kernels of one dtype and
+// vector width, as cummax_gate.cu's resident_threads asks the runtime: the smaller occupancy of
+// the two. Without a CUDA build (no figures), 2 blocks per SM.
+int64_t h200_resident(torch::ScalarType dtype, int vec) {
+  const auto& r = kernel_resources();
+  const auto out = r.find({"output", dtype, vec}), chunk = r.find({"chunk", dtype, vec});
+  if (out == r.end() || chunk == r.end()) return 132 * kThreads * 2;
+  return 132 * kThreads *
+         std::min(sm90_blocks_per_sm(out->second.registers, out->second.smem),
+                  sm90_blocks_per_sm(chunk->second.registers, chunk->second.smem));
 }
 
 struct Config {
   const char* name;
-  int64_t resident;     // threads the emulated GPU holds at once; 0: h200_resident(dtype)
+  int64_t resident;     // threads the emulated GPU holds at once; 0: h200_resident
   bool vector_forward;  // take the 16-byte path when can_vectorize allows it
   bool vector_backward;
   bool reverse_threads;  // run each launch's blocks and threads in reverse order
@@ -216,7 +293,6 @@ template <typename scalar_t>
 Outputs emulate_op(const torch::Tensor& y, const torch::Tensor& alphas, const torch::Tensor& state,
                    const torch::Tensor& grad_out, const Config& cfg) {
   const int64_t B = y.size(0), T = y.size(1), d = y.size(2) / 3;
-  const int64_t resident = cfg.resident > 0 ? cfg.resident : h200_resident(y.scalar_type());
   constexpr int V = kVecWidth<scalar_t>;
   auto forward = [&](torch::Tensor& out, torch::Tensor& last_m, bool save) {
     out = torch::full({B, T, d}, NAN, y.options());
@@ -226,6 +302,8 @@ Outputs emulate_op(const torch::Tensor& y, const torch::Tensor& alphas, const to
         can_vectorize<scalar_t>(d, y.stride(0), y.stride(1),
                                 {y.data_ptr(), out.data_ptr(),
                                  state.defined() ? state.data_ptr() : nullptr, last_m.data_ptr()});
+    const int64_t resident =
+        cfg.resident > 0 ? cfg.resident : h200_resident(y.scalar_type(), vec ? V : 1);
     return vec ? emulate_forward_impl<scalar_t, V>(y, alphas, state, out, last_m, save, resident,
                                                    cfg.reverse_threads)
                : emulate_forward_impl<scalar_t, 1>(y, alphas, state, out, last_m, save, resident,
@@ -540,6 +618,52 @@ TEST(EmulatedCudaPieces, ChunkPlansAreFixedPoints) {
   }
 }
 
+// A traced call's chunking, ceil(T / kTracedChunkLength), is one the kernels keep for every T.
+TEST(EmulatedCudaPieces, TracedChunkingsAreFixedPoints) {
+  for (int64_t T = 1; T <= 40000; T += (T < 600 ? 1 : 97)) {
+    const int64_t K = ceil_div(T, kTracedChunkLength);
+    ASSERT_EQ(plan_for_chunks(T, K).K, K) << "T " << T;
+  }
+}
+
+// The occupancy model against figures of the CUDA occupancy calculator for 128-thread blocks on
+// sm_90.
+TEST(KernelResources, Sm90OccupancyModel) {
+  EXPECT_EQ(sm90_blocks_per_sm(64, 0), 8);
+  EXPECT_EQ(sm90_blocks_per_sm(128, 64), 4);
+  EXPECT_EQ(sm90_blocks_per_sm(129, 64), 3);  // 136 a thread once rounded per warp
+  EXPECT_EQ(sm90_blocks_per_sm(168, 0), 3);
+  EXPECT_EQ(sm90_blocks_per_sm(169, 0), 2);
+  EXPECT_EQ(sm90_blocks_per_sm(255, 0), 2);
+  EXPECT_EQ(sm90_blocks_per_sm(32, 0), 16);         // the warp limit: 64 warps
+  EXPECT_EQ(sm90_blocks_per_sm(32, 48 * 1024), 4);  // the shared-memory limit
+}
+
+// Every output and chunk kernel the build compiled is in ptxas' report, with no spill and no stack
+// frame (CI's -warn-spills -Werror would fail the build otherwise; a stack frame is local memory
+// too), and the plan the emulation checks uses their occupancy.
+TEST(KernelResources, EveryGateKernelIsReported) {
+  const auto& r = kernel_resources();
+  if (r.empty()) GTEST_SKIP() << "no ptxas report: this build has no CUDA kernels";
+  for (const torch::ScalarType dt : {torch::kFloat, torch::kDouble, torch::kBFloat16}) {
+    const int vec = static_cast<int>(16 / c10::elementSize(dt));
+    for (const int v : {vec, 1}) {
+      for (const char* kernel : {"output", "chunk"}) {
+        SCOPED_TRACE(std::string(kernel) + "_kernel " + dtype_name(dt) + " VEC " +
+                     std::to_string(v));
+        const auto it = r.find({kernel, dt, v});
+        ASSERT_NE(it, r.end());
+        EXPECT_GT(it->second.registers, 0);
+        EXPECT_EQ(it->second.spill, 0);
+        EXPECT_EQ(it->second.stack, 0);
+        const int blocks = sm90_blocks_per_sm(it->second.registers, it->second.smem);
+        EXPECT_GE(blocks, 2);
+        EXPECT_LE(h200_resident(dt, v), int64_t{132} * kThreads * blocks);
+      }
+    }
+  }
+}
+
 // At the benchmark shapes on an H200 the grid is one wave that fills at least 85% of the threads
 // the GPU holds (all SMs busy, none waiting for a second wave).
 TEST(EmulatedCudaPieces, BenchmarkShapesFillOneWave) {
@@ -548,7 +672,7 @@ TEST(EmulatedCudaPieces, BenchmarkShapesFillOneWave) {
   };
   for (const Shape s : {Shape{32, 1024, 512}, Shape{4, 16384, 512}}) {
     for (const torch::ScalarType dt : {torch::kFloat, torch::kBFloat16}) {
-      const int64_t resident = h200_resident(dt);
+      const int64_t resident = h200_resident(dt, dt == torch::kFloat ? 4 : 8);
       const Launch l = dt == torch::kFloat ? forward_launch<4>(s.B, s.T, s.d, resident)
                                            : forward_launch<8>(s.B, s.T, s.d, resident);
       const int64_t threads = l.grid.blocks * kThreads;

@@ -343,5 +343,26 @@ TEST_F(CummaxGateCuda, KernelsNeverSyncWithTheHost) {
 #endif
 }
 
+// A tensor on another GPU than the current one: the op guards its device, so the kernels run where
+// the data is (with two or more GPUs; skipped on one).
+TEST_F(CummaxGateCuda, RunsOnTheTensorsDeviceNotTheCurrentOne) {
+#ifdef SAMOUT_HAVE_CUDA
+  if (torch::cuda::device_count() < 2) GTEST_SKIP() << "needs two GPUs";
+  const Case c{3, 200, 64, true, false, false};
+  const Inputs in = make_inputs(c, torch::kFloat, /*seed=*/9);
+  const torch::Device second(torch::kCUDA, 1);
+  c10::cuda::set_device(0);
+  auto to = [&](const torch::Tensor& t) { return t.to(second, torch::kFloat); };
+  auto y = to(in.base).requires_grad_(), alphas = to(in.alphas).requires_grad_();
+  auto r = cummax_gate(y, alphas, to(in.state), GateImpl::kFused);
+  auto grads = torch::autograd::grad({r.out}, {y, alphas}, {to(in.grad_out)});
+  EXPECT_EQ(c10::cuda::current_device(), 0);
+  EXPECT_EQ(r.out.device(), second);
+  auto cpu = run_fused(in, c, torch::kCPU, torch::kFloat, /*with_grad=*/true);
+  expect_close(r.out.cpu(), cpu.out, tol_for(torch::kFloat), "out");
+  expect_close(grads[0].cpu(), cpu.grad_y, tol_for(torch::kFloat), "dL/dy");
+#endif
+}
+
 }  // namespace
 }  // namespace samout::ops

@@ -75,6 +75,61 @@ class AgainstTheSeed(unittest.TestCase):
         self.check(with_state=True)
 
 
+class TracedOnCuda(unittest.TestCase):
+    """The op's autograd path on fake CUDA tensors, as torch.compile and opcheck's aot_dispatch trace
+    it: no GPU is needed (nor asked), sizes may be symbolic, and nothing reads a real stride, offset
+    or pointer. The saved carries then hold ceil(T / 128) chunks, an expression in T. The backward
+    op is called as the autograd node calls it: autograd's engine itself needs a real device to run
+    a CUDA backward."""
+
+    def trace(self, mode, y0):
+        with mode:
+            y = y0.to("cuda").requires_grad_()
+            alphas = torch.rand(5, device="cuda", requires_grad=True)
+            state = torch.zeros(y.shape[0], y.shape[2] // 3, device="cuda")
+            out, last = ops.cummax_gate(y, alphas, state)  # the Autograd kernel picks the chunks
+            self.assertIsNotNone(out.grad_fn)
+            _, _, saved = ops.cummax_gate_forward(y.detach(), alphas.detach(), state,
+                                                  (y.shape[1] + 127) // 128)
+            grad_y, grad_alphas = ops.cummax_gate_backward(torch.ones_like(out), y.detach(),
+                                                           alphas.detach(), saved)
+        self.assertEqual(tuple(grad_alphas.shape), (5,))
+        return y, out, last, saved, grad_y
+
+    def test_dynamic_sizes_forward_and_backward(self):
+        from torch._dynamo.source import ConstantSource
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import (DimDynamic, ShapeEnv,
+                                                           StatelessSymbolicContext)
+        env = ShapeEnv()
+        mode = FakeTensorMode(shape_env=env)
+        ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * 3)
+        y0 = mode.from_tensor(torch.randn(2, 300, 24), source=ConstantSource("y"),
+                              symbolic_context=ctx)
+        B, T, D3 = y0.shape
+        self.assertTrue(all(isinstance(n, torch.SymInt) for n in (B, T, D3)))
+        y, out, last, saved, grad_y = self.trace(mode, y0)
+        self.assertEqual(out.device.type, "cuda")
+        self.assertEqual(tuple(out.shape), (B, T, D3 // 3))
+        self.assertEqual(tuple(last.shape), (B, D3 // 3))
+        self.assertEqual(tuple(grad_y.shape), (B, T, D3))
+        self.assertEqual(tuple(saved.shape), (B, (T + 127) // 128, D3 // 3))
+        # T stayed a symbol: no guard pinned it (or B) to the example's value.
+        pinned = [str(g.expr) for g in env.guards
+                  if str(g.expr) in (f"Eq({T.node.expr}, 300)", f"Eq({B.node.expr}, 2)")]
+        self.assertEqual(pinned, [])
+        self.assertIsInstance(out.shape[1], torch.SymInt)
+
+    def test_static_sizes_ask_no_gpu(self):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        mode = FakeTensorMode()
+        y0 = mode.from_tensor(torch.randn(3, 1000, 48))
+        y, out, last, saved, grad_y = self.trace(mode, y0)
+        self.assertEqual(tuple(out.shape), (3, 1000, 16))
+        self.assertEqual(tuple(grad_y.shape), (3, 1000, 48))
+        self.assertEqual(tuple(saved.shape), (3, 8, 16))
+
+
 @unittest.skipUnless(torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
                          "samout::cummax_gate_forward", "CUDA"), "no CUDA device or kernels")
 class OnCuda(unittest.TestCase):

@@ -1,4 +1,4 @@
-"""SamOut in plain PyTorch, written from ../shared/SPEC.md and the seed's code (line breaks restored).
+"""SamOut in plain PyTorch, from docs/model.md and the seed's code (line breaks restored).
 
 This is the reference the C++ model is tested against (tests/model/parity_test.cpp, through the
 goldens that make_goldens.py writes) and the PyTorch side of the benchmarks in bench/. It keeps the
@@ -27,7 +27,7 @@ class MaxStateSuper(nn.Module):
         out1 = out1.view(b, s, self.heads, -1).permute(0, 2, 1, 3)
         out2 = out2.view(b, s, self.heads, -1).permute(0, 2, 1, 3)
         if state is not None:
-            # SPEC.md's state: the running max at the last position, (b, d), as position -1.
+            # docs/model.md's state: the running max at the last position, (b, d), as position -1.
             st = state.view(b, 1, self.heads, -1).permute(0, 2, 1, 3)
             out3 = torch.cummax(torch.cat([st, out2], dim=2), dim=2)[0][:, :, 1:]
         else:

@@ -15,8 +15,13 @@ Cases (each a ctest of its own, see tests/train/CMakeLists.txt):
   half_written --save_weights or samout_export --output naming a directory or a full disk, and
                --init_from naming a directory or /dev/zero: exit 2 before any work, nothing left
   context_parallel  -np 2 --context_parallel=2 against -np 1 (losses 1e-6, weights 1e-5, with and
-               without ZeRO-1), -np 4 as 2 data- x 2 context-parallel against -np 2, and a
-               checkpoint saved with --context_parallel=2 resumed with 1
+               without ZeRO-1), and a checkpoint saved with --context_parallel=2 resumed with 1
+  context_data_parallel  -np 4 --comm=mpi as 2 data- x 2 context-parallel against -np 2 data-parallel
+               (losses 1e-6, weights 1e-5, with and without ZeRO-1); the gradient buckets are
+               launched after backward (the order that is deadlock-free on NCCL)
+  zero_world_sizes  ZeRO-1 (a reduce-scatter per bucket, several buckets) at 2 and 3 ranks against
+               1 rank: losses 1e-5; and comm_mb, the MB a rank sends per step, is one all-reduce's
+               (2 (W-1)/W 4 P bytes for P parameters) with ZeRO-1 as without, not 1.5 times it
 
 GPU cases (ctest label gpu; exit 77, reported as skipped, where torch sees no CUDA device):
   gpu_cpu_parity     5 fp32 steps of a tiny model on the CPU and on the GPU: losses within 1e-4
@@ -28,6 +33,7 @@ GPU cases (ctest label gpu; exit 77, reported as skipped, where torch sees no CU
                      with and without ZeRO-1
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,11 +181,6 @@ def case_context_parallel(a, tmp):
         worst = max_weight_diff(one[1], cp2[1])
         print(f"  final weights: largest difference {worst:.2e}")
         assert worst <= 1e-5, worst
-    dp2 = train(a.bin, tmp, "dp2", base, n=2)
-    dp2cp2 = train(a.bin, tmp, "dp2cp2", base + ["--context_parallel=2"], n=4)
-    close([r["loss"] for r in dp2cp2[0]], [r["loss"] for r in dp2[0]], 1e-6,
-          "-np 4 (2 data-parallel x 2 context-parallel) vs -np 2 data-parallel")
-    assert max_weight_diff(dp2[1], dp2cp2[1]) <= 1e-5
     # Saved with --context_parallel=2, resumed with 1 (and the same global batches follow).
     ck, m = os.path.join(tmp, "ck"), os.path.join(tmp, "resumed.jsonl")
     run([a.bin] + TINY + ["--batch_size=8", "--steps=5", "--context_parallel=2", f"--ckpt_dir={ck}"], n=2)
@@ -189,6 +190,47 @@ def case_context_parallel(a, tmp):
     assert sorted(resumed) == list(range(6, 11)), sorted(resumed)
     close([resumed[k] for k in sorted(resumed)], [whole[k] for k in sorted(resumed)], 1e-5,
           "saved at --context_parallel=2, resumed at 1, vs never split")
+
+
+def case_context_data_parallel(a, tmp):
+    """2 data- x 2 context-parallel ranks train as 2 data-parallel ones (the gate's group all-gathers
+    inside backward, the world's gradient collectives after it)."""
+    base = ["--batch_size=8", "--steps=6", "--comm=mpi"]
+    for zero in ("0", "1"):
+        dp2 = train(a.bin, tmp, f"dp2{zero}", base + [f"--zero={zero}"], n=2)
+        m, w = os.path.join(tmp, f"cp{zero}.jsonl"), os.path.join(tmp, f"cp{zero}.h5")
+        p = run([a.bin] + TINY + base + [f"--zero={zero}", "--context_parallel=2",
+                                         f"--metrics_file={m}", f"--save_weights={w}"], n=4)
+        assert "2 data-parallel x 2 context-parallel" in p.stderr, p.stderr[-3000:]
+        assert "launched after backward" in p.stderr, p.stderr[-3000:]
+        close([r["loss"] for r in metrics(m)[0]], [r["loss"] for r in dp2[0]], 1e-6,
+              f"-np 4 (2 data- x 2 context-parallel) vs -np 2 data-parallel, --zero={zero}")
+        worst = max_weight_diff(dp2[1], weights(w))
+        print(f"  final weights: largest difference {worst:.2e}")
+        assert worst <= 1e-5, worst
+
+
+def case_zero_world_sizes(a, tmp):
+    """ZeRO-1 reduce-scatters the gradients: the same losses at 1, 2 and 3 ranks, and the bytes of
+    one all-reduce per step."""
+    # 604,140 parameters: 2 buckets of about 1 MB, the second across the shard boundary (at 3 ranks
+    # the first too).
+    base = ["--batch_size=12", "--steps=6", "--vocab_size=6000", "--bucket_mb=1"]
+    one = train(a.bin, tmp, "one", base)[0]
+    p = run([a.bin] + TINY + base + ["--steps=1"], n=1)
+    params = int(re.search(r"(\d+) parameters", p.stderr).group(1))
+    for n, zero in ((2, "0"), (2, "1"), (3, "1")):
+        rows = train(a.bin, tmp, f"w{n}z{zero}", base + [f"--zero={zero}"], n=n)[0]
+        close([r["loss"] for r in rows], [r["loss"] for r in one], 1e-5,
+              f"-np {n} --zero={zero} vs -np 1")
+        share = (n - 1) / n
+        padded = -(-params // n) * n
+        # Gradients, then (ZeRO-1) the parameters and the squared gradient norm (one double).
+        want = (8 * share * params if zero == "0" else 4 * share * (params + padded) + 16 * share) / 1e6
+        got = [r["comm_mb"] for r in rows]
+        print(f"  comm_mb per step {got[0]:.6f} (expected {want:.6f}; an all-reduce alone is "
+              f"{8 * share * params / 1e6:.6f})")
+        assert all(abs(g - want) <= 1e-9 * want for g in got), (got, want)
 
 
 def case_big_flags_resume(a, tmp):

@@ -1,7 +1,7 @@
 // Sharded, atomic training checkpoints: what is in one, how it is written, how one is found again.
 //
 // A checkpoint is a folder ckpt_dir/step_NNNNNNNN/ holding
-//   model.h5         the weights, once (rank 0), SPEC.md names (ckpt/weights_file.h)
+//   model.h5         the weights, once (rank 0), docs/model.md names (ckpt/weights_file.h)
 //   optim-RRRRR.bin  Adam moments of one range of the flat parameter layout (every rank under
 //                    ZeRO-1; rank 0 alone otherwise, since all ranks agree)
 //   state.json       step, data cursor, RNG state, and the flags that shape the model and run

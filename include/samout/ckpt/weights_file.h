@@ -1,4 +1,4 @@
-// Model weights as an HDF5 file: one float32 dataset per parameter at the root, named with SPEC.md's
+// Model weights as HDF5: one float32 dataset per parameter at the root, named with docs/model.md's
 // names (the seed's state_dict keys), so h5py reads it with no code of ours:
 //     SamOut(...).load_state_dict({k: torch.from_numpy(v[()]) for k, v in h5py.File(path).items()})
 // Written to a temporary name, fsynced and renamed (a reader never sees half a file); a failed write

@@ -6,14 +6,9 @@
 
 #include <string>
 
+#include "samout/dist/device_choice.h"
+
 namespace samout::dist {
-
-// How gradients and parameters travel between ranks (dist/communicator.h).
-enum class CommKind { kMpi, kNccl };
-
-// What --device and --comm ask for (parsed in train/flags.cpp); select_device() decides.
-enum class DeviceRequest { kAuto, kCpu, kCuda };
-enum class CommRequest { kAuto, kNccl, kMpi };
 
 struct DistContext {
   int rank = 0, world = 1;              // in MPI_COMM_WORLD
@@ -29,16 +24,19 @@ struct DistContext {
 // and the rank's place on its node. The device is CPU until select_device().
 DistContext init_distributed(int* argc, char*** argv);
 
-// Device (auto: a GPU when one is visible) and communicator (auto: NCCL on GPUs, MPI on CPUs). One
-// GPU per local rank (cudaSetDevice); --comm=mpi lets ranks share one, for testing. Throws
-// UsageError for cuda with no GPU, for more ranks than GPUs on a node under NCCL, and for NCCL on
-// the CPU.
+// Device (auto: a GPU when one is visible) and communicator (auto: NCCL on GPUs, MPI on CPUs), as
+// choose_device (device_choice.h) decides: one GPU per local rank, or GPU 0 of a rank bound to one
+// GPU (cudaSetDevice); --comm=mpi lets ranks share one, for testing. Throws UsageError for cuda with
+// no GPU, for more ranks than GPUs on a node or two ranks on one GPU under NCCL, and for NCCL on the
+// CPU. A collective over the node's ranks (they compare their GPUs): every rank calls it, refused
+// or not.
 void select_device(DistContext& ctx, DeviceRequest device, CommRequest comm);
 
 // Blocks until every rank arrives (used at start-up and shutdown only).
 void barrier();
 
-// MPI_Finalize, if MPI was initialised and not yet finalised.
+// MPI_Finalize (after freeing the node's communicator), if MPI was initialised and not yet
+// finalised.
 void finalize_distributed();
 
 }  // namespace samout::dist

@@ -19,11 +19,16 @@ namespace samout::dist {
 
 class Watchdog {
  public:
+  static constexpr std::chrono::microseconds kDefaultPoll{500};
+
   // error(): "" while healthy, else what went wrong. on_failure(message) must not return to the
   // watchdog's caller in production (it aborts the job); in tests it may, and the watchdog stops.
+  // on_start() runs first on the watchdog's thread, before any error() or done(): the NCCL
+  // communicator sets its rank's CUDA device there, since a new thread starts on device 0. If it
+  // throws, on_failure gets its message and nothing is polled.
   Watchdog(double timeout_s, std::function<std::string()> error,
            std::function<void(const std::string&)> on_failure,
-           std::chrono::microseconds poll = std::chrono::microseconds(500));
+           std::chrono::microseconds poll = kDefaultPoll, std::function<void()> on_start = nullptr);
   ~Watchdog();
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
@@ -48,6 +53,7 @@ class Watchdog {
   const std::function<std::string()> error_;
   const std::function<void(const std::string&)> on_failure_;
   const std::chrono::microseconds poll_;
+  const std::function<void()> on_start_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Entry> entries_;  // in enqueue order: on one stream they complete in this order

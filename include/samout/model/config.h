@@ -1,4 +1,4 @@
-// The shape of a SamOut model (SPEC.md), and the check that it makes sense.
+// The shape of a SamOut model (docs/model.md), and the check that it makes sense.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +12,7 @@ struct ModelConfig {
   int64_t vocab_size = 8460;  // V; the seed's 8192 + 268
   int64_t hidden = 512;       // d
   int64_t layers = 8;         // L
-  int64_t heads = 8;          // h; must divide d (heads do not change the math, SPEC.md)
+  int64_t heads = 8;          // h; must divide d (heads do not change the math: docs/model.md)
   int64_t pad_id = -1;        // embedding padding_idx and loss ignore_index; -1 = none
   ops::GateImpl gate = ops::GateImpl::kAuto;
 

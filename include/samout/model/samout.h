@@ -1,4 +1,4 @@
-// SamOut in LibTorch: MaxStateSuper, FeedForward, DecoderLayer and SamOut, with SPEC.md's math,
+// SamOut in LibTorch: MaxStateSuper, FeedForward, DecoderLayer, SamOut, with docs/model.md's math,
 // parameter names (the seed's state_dict's) and PyTorch's default initialisation. A layer's state
 // is its running maximum at the last position, (B, d): passing the states of one call into the
 // next continues the sequence exactly, so every generated token costs the same.

@@ -1,5 +1,5 @@
 // Session: generation with the model's state carried, so each generated token costs one T=1 pass
-// through the layers however long the context (SPEC.md, "State"); the context is never re-run.
+// through the layers however long the context (docs/model.md, State); the context is never re-run.
 // On CUDA a step can be captured into a CUDA graph (one launch per token instead of one per op)
 // that reads the token from, and writes the logits and states to, fixed buffers.
 #pragma once
@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "samout/model/samout.h"
 
@@ -39,6 +40,9 @@ class Session {
   // em -> layers (state carried in and replaced) -> head on the last position. tokens (B, T).
   torch::Tensor forward_last(const torch::Tensor& tokens, ModelState& state);
   void capture_graph(int64_t batch);
+  // The model's device when it is a GPU, made current (DeviceGuard) around every launch: a tensor on
+  // cuda:1 with cuda:0 current would otherwise launch on cuda:0. None on the CPU.
+  std::optional<c10::Device> cuda_device() const;
 
   SamOut model_;
   ModelState state_;

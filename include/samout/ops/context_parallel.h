@@ -1,4 +1,4 @@
-// cummax_gate over a sequence split across a context-parallel group (SCAN.md, slices as chunks):
+// cummax_gate over a sequence split over a context-parallel group (docs/scan.md, slices as chunks):
 // rank i of N holds positions [i T/N, (i+1) T/N). Only the running maximum crosses slices, and it
 // needs only (B, d) summaries, never activations:
 //   forward:  all-gather the slices' maxima M_j; the local op runs with C_i = take_max over

@@ -1,4 +1,4 @@
-// cummax_gate: SamOut's attention replacement as one fused op (SPEC.md, "The fused operation").
+// cummax_gate: the attention replacement as one fused op (docs/model.md, "The fused operation").
 //   y (B, T, 3d) = [a | b | c];  m_t = max(state, max_{s<=t} c_s) per channel (torch.cummax's
 //   rules: ties take the latest position, NaN propagates);
 //   out = (a + b + c + alpha2 + alpha5) * m + alpha3*a + alpha1*b + alpha4*c          (B, T, d)
@@ -48,7 +48,8 @@ void check_gate_inputs(const torch::Tensor& y, const torch::Tensor& alphas,
                        const torch::Tensor& state);
 
 // The forward op's `chunks`: T on the CPU (whose backward reads m at every position), on CUDA the
-// chunking that fills the GPU.
+// chunking that fills the GPU; for a traced tensor (symbolic sizes, fake or functional) on CUDA,
+// ceil(T / gate_cuda::kTracedChunkLength), read from sizes alone.
 c10::SymInt gate_saved_chunks(const torch::Tensor& y);
 
 // The forward or backward op's checked inputs in the layouts the kernels read (y: last dim
@@ -80,7 +81,7 @@ const GateBackwardOp& gate_backward_op();
 // The forward saves only the running max entering each of its K time chunks, chunk_carry (B, K, d);
 // the backward recomputes m from c and takes K (hence the chunk length) from chunk_carry.
 bool cuda_kernels_compiled();
-// K of gate_cuda::plan_chunks for y on the current GPU; reads only sizes and strides (fake-safe).
+// K of gate_cuda::plan_chunks for a real y on its GPU (reads sizes, strides and the pointer).
 int64_t cummax_gate_cuda_chunks(const torch::Tensor& y);
 // Writes out and last_m; returns chunk_carry (B, chunks, d), or undefined when chunks = 0. chunks
 // must be a chunking plan_for_chunks keeps, e.g. cummax_gate_cuda_chunks(y). grad_out: contiguous.

@@ -1,4 +1,4 @@
-// The chunked running maximum (shared/SCAN.md), shared by the CPU kernel, the CUDA kernel and
+// The chunked running maximum (docs/scan.md), shared by the CPU kernel, the CUDA kernel and
 // context parallelism: the element rules, per-chunk summaries, and the short scans over chunks.
 //
 // m[t] = fold(take_max, s, c[0..t]) for a carried state s (torch.cummax's rules, s at position

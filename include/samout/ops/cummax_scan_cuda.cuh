@@ -3,7 +3,7 @@
 // (cummax_gate_cuda_emulation_test) runs them over an emulated grid on the CPU against the
 // composite. The scan's rules come from cummax_scan.h.
 //
-// SCAN.md with time chunks: [0, T) of each (batch row, channel) is cut into K chunks of L steps
+// docs/scan.md with time chunks: [0, T) of each (row, channel) is cut into K chunks of L steps
 // (L a multiple of kChunkAlign; the last may be shorter). A thread owns one (batch row, chunk,
 // group of VEC channels); VEC = 16 bytes of channels when every row is 16-byte aligned, else 1.
 //   forward 1, summaries (skipped when K = 1): M_k = chunk max of c      -> summaries (B, K, d)
@@ -18,7 +18,7 @@
 //              e_k = -1 meaning full_k.                                   -> records (B, K, d)
 //   backward B, carries: per (batch row, channel), in a fixed order: R_K = 0, R_k = G_k +
 //              (full_k ? R_{k+1} : 0); dc[e_k] = D_k + R_{k+1} is rewritten. R_0 is dropped.
-// This is SCAN.md's phase 3 applied by linearity to the one position receiving R_{k+1}, so each
+// This is docs/scan.md's phase 3 applied by linearity to the one position getting R_{k+1}, so each
 // input is read once, instead of a, b, c and dL/dout again over each carry-owned prefix.
 //
 // Alpha gradients: per-thread sums of g*b, g*m, g*a, g*c, reduced per block and then over blocks by
@@ -80,6 +80,12 @@ inline ChunkPlan plan_for_chunks(int64_t T, int64_t chunks) {
   const int64_t L = ceil_div(ceil_div(T, std::max<int64_t>(chunks, 1)), kChunkAlign) * kChunkAlign;
   return {ceil_div(T, L), L};
 }
+
+// The chunk length of a traced call (torch.compile, fake tensors): its sizes may be symbolic and its
+// GPU unknown, so the saved carries hold ceil(T / kTracedChunkLength) chunks. As L is a multiple of
+// kChunkAlign, plan_for_chunks keeps every such K (it recomputes L <= kTracedChunkLength, then K).
+constexpr int64_t kTracedChunkLength = 128;
+static_assert(kTracedChunkLength % kChunkAlign == 0, "a traced chunk is whole aligned pieces");
 
 // Enough chunks that the kernels' threads (columns = B * channel groups per chunk) about fill the
 // `resident` threads the GPU holds at once, but never more: one wave, so no block waits for a
@@ -362,7 +368,7 @@ SAMOUT_HD void output_thread(const GateArgs<scalar_t>& g, int64_t b, int64_t k, 
 
 // ---- Backward A: one pass over each chunk -------------------------------------------------------
 
-// The backward's walk over one chunk of one channel in forward time order: SCAN.md's backward
+// The backward's walk over one chunk of one channel in forward time order: docs/scan.md's backward
 // phases 1 (G_k, full_k) and 3 (from acc = 0) in one pass, deciding ownership as positions arrive.
 // Sums run in time order: deterministic, but not bitwise scan::carry_prefix_sum/chunk_backward.
 template <typename T>

@@ -1,4 +1,4 @@
-// gated_ffn: SamOut's feed-forward block (SPEC.md) as one differentiable op:
+// gated_ffn: SamOut's feed-forward block (docs/model.md) as one differentiable op:
 //   a = y @ W1^T + b1,  g = y @ Wg^T + bg,  h = a * relu(g),  out = h @ W2^T + b2
 // Registered as samout::gated_ffn, with samout::gated_ffn_forward / _backward as the fused fp32 CPU
 // halves (gated_ffn_cpu.cpp): with a gradient needed, the input projections are ONE product against

@@ -1,4 +1,4 @@
-// mix_layer_norm: the end of a SamOut decoder layer (SPEC.md), differentiable in all five inputs:
+// mix_layer_norm: the end of a decoder layer (docs/model.md), differentiable in all five inputs:
 //     LayerNorm_d(alpha * f + (1 - alpha) * x) * gamma + beta   (+ x, the outer residual).
 // Registered as samout::mix_layer_norm, with samout::mix_layer_norm_forward / _backward as the
 // fused kernel's halves. As ATen ops it is six passes over (B, T, d) forward, ~8 backward; for

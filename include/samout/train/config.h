@@ -54,7 +54,7 @@ struct TrainConfig {
   int64_t eval_batches = 8;
   double peak_tflops = 0;  // for MFU; 0 = the card's dense peak (train/mfu.h), or no MFU
 
-  // Weights in and out (HDF5 with SPEC.md's names; see ckpt/weights_file.h)
+  // Weights in and out (HDF5 with docs/model.md's names; see ckpt/weights_file.h)
   std::string init_from;     // initial weights instead of the seeded initialisation
   std::string save_weights;  // final weights, written by rank 0
 

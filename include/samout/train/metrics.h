@@ -33,6 +33,7 @@ struct StepStats {
   double tokens_per_s = 0;    // whole job
   int world = 1;
   double step_ms = 0, data_ms = 0, compute_ms = 0, comm_wait_ms = 0, optimizer_ms = 0;  // per step
+  double comm_mb = 0;   // per step: MB (10^6 bytes) this rank sent, dist::Communicator::bytes_sent
   double mfu = 0;       // 0 = unknown (not reported)
   bool on_gpu = false;  // peak_mem_mb is the device's peak allocation, else peak RSS
   double peak_mem_mb = 0;
@@ -42,7 +43,8 @@ struct StepStats {
 
 JsonLine metrics_line(const StepStats& s);
 // "step 20/100 | loss 5.1234 | lr 0.001 | gnorm 1.234 | 2517 tok/s (1258/rank) | 623.1 ms/step: data
-// 0.1, compute 500.2, comm wait 20.3, optim 100.4 | ETA 49.8s" (and "| MFU 41.2%" when known).
+// 0.1, compute 500.2, comm wait 20.3 (12.5 MB), optim 100.4 | ETA 49.8s" (and "| MFU 41.2%" when
+// known).
 std::string log_line(const StepStats& s);
 
 class MetricsFile {

@@ -1,0 +1,8 @@
+// cummax_gate's backward kernels for float, both vector widths: one translation unit per dtype and
+// direction (cummax_gate_launch.h), so that nvcc compiles them in parallel.
+#include "cummax_gate_kernels.cuh"
+
+namespace samout::ops::gate_cuda {
+template struct BackwardKernels<float, kVecWidth<float>>;
+template struct BackwardKernels<float, 1>;
+}  // namespace samout::ops::gate_cuda
