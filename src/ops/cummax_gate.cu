@@ -14,8 +14,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <mutex>
-#include <utility>
 
 #include "cummax_gate_launch.h"
 #include "samout/ops/context_parallel.h"
